@@ -1,0 +1,30 @@
+// llamaproctl: the command-line client. See docs/llamaproctl.md.
+#include <cstdio>
+#include <exception>
+
+#include "CLI/CLI.hpp"
+#include "base/version.h"
+#include "client/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "llamaproctl: block expansion (LLaMA Pro) for LLaMA-family checkpoints in Hugging Face "
+      "layout.\nSee docs/llamaproctl.md for every subcommand and flag."};
+  app.set_version_flag("--version", std::string("llamaproctl ") + llamapro::kVersion);
+  app.require_subcommand(1);
+  llamapro::cli::AddSynthCommand(app);
+  llamapro::cli::AddExpandCommand(app);
+  llamapro::cli::AddInspectCommand(app);
+  llamapro::cli::AddScoreCommand(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const llamapro::cli::CommandError& e) {
+    std::string name = "llamaproctl";
+    for (const CLI::App* sub : app.get_subcommands()) name += " " + sub->get_name();
+    std::fprintf(stderr, "%s: error: %s\n", name.c_str(), e.what());
+    return 1;
+  }
+  return 0;
+}

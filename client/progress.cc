@@ -1,0 +1,47 @@
+#include "client/progress.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "absl/strings/str_format.h"
+#include "base/units.h"
+
+namespace llamapro::cli {
+
+ProgressBar::ProgressBar(std::string label, bool enabled)
+    : label_(std::move(label)), enabled_(enabled), tty_(isatty(STDERR_FILENO) == 1) {}
+
+void ProgressBar::Update(int64_t items_done, int64_t items_total, uint64_t bytes_done,
+                         uint64_t bytes_total, double seconds) {
+  if (!enabled_) return;
+  const double fraction =
+      bytes_total > 0 ? static_cast<double>(bytes_done) / static_cast<double>(bytes_total) : 1.0;
+  const double rate = seconds > 0 ? static_cast<double>(bytes_done) / seconds : 0.0;
+  const double eta = rate > 0 ? static_cast<double>(bytes_total - bytes_done) / rate : 0.0;
+  std::string stats = absl::StrFormat(
+      "%3.0f%% %d/%d tensors %s/%s %s/s", fraction * 100, items_done, items_total,
+      FormatBytes(bytes_done), FormatBytes(bytes_total), FormatBytes(static_cast<uint64_t>(rate)));
+  if (tty_) {
+    constexpr int kWidth = 30;
+    const int filled = static_cast<int>(fraction * kWidth);
+    std::string bar(filled, '#');
+    bar.append(kWidth - filled, '.');
+    std::fprintf(stderr, "\r%s [%s] %s eta %.0fs \x1b[K", label_.c_str(), bar.c_str(),
+                 stats.c_str(), eta);
+    drawn_ = true;
+  } else {
+    const int decile = static_cast<int>(fraction * 10);
+    if (decile == last_decile_) return;
+    last_decile_ = decile;
+    std::fprintf(stderr, "%s: %s (%.1fs)\n", label_.c_str(), stats.c_str(), seconds);
+  }
+  std::fflush(stderr);
+}
+
+void ProgressBar::Finish() {
+  if (enabled_ && tty_ && drawn_) std::fprintf(stderr, "\n");
+  drawn_ = false;
+}
+
+}  // namespace llamapro::cli

@@ -1,0 +1,48 @@
+// Shared helpers for llamapro tests: scratch directories, synthetic
+// checkpoints, hand-built safetensors files.
+#ifndef LLAMAPRO_TESTS_TESTING_TEST_UTIL_H_
+#define LLAMAPRO_TESTS_TESTING_TEST_UTIL_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "model/synth.h"
+
+namespace llamapro::testing {
+
+// A fresh, empty directory for the current test (removed at destruction).
+class ScratchDir {
+ public:
+  ScratchDir();
+  ~ScratchDir();
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string Join(const std::string& name) const { return path_ + "/" + name; }
+  // Entries (files and directories, hidden ones included) directly inside.
+  std::vector<std::string> Entries() const;
+
+ private:
+  std::string path_;
+};
+
+// Writes a synthetic checkpoint (CHECK-fails on error: test setup).
+void WriteCheckpoint(const SynthSpec& spec, const std::string& dir,
+                     uint64_t shard_bytes = 5'000'000'000);
+
+// A small spec with the given variations, weights wide enough (init_std)
+// that logits vary visibly.
+SynthSpec SmallSpec(int64_t layers, int64_t heads, int64_t kv_heads, bool tied, bool bias,
+                    DType dtype = DType::kF32, uint64_t seed = 1);
+
+// Bytes of a safetensors file with the given JSON header and data section,
+// exactly as given (no validation, for malformed-input tests).
+std::string RawSafetensors(const std::string& header_json, const std::string& data);
+
+void WriteBytes(const std::string& path, const std::string& bytes);
+std::string ReadBytes(const std::string& path);
+
+}  // namespace llamapro::testing
+
+#endif  // LLAMAPRO_TESTS_TESTING_TEST_UTIL_H_
