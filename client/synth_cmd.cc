@@ -14,8 +14,8 @@ namespace {
 struct SynthFlags {
   std::string out, preset = "tiny", dtype = "bf16", shard_size = "5GB", arch;
   double scale = 1.0;
-  int64_t layers = 0, hidden = 0, intermediate = 0, heads = 0, kv_heads = 0, vocab = 0,
-          max_positions = 0, sliding_window = -1;
+  int64_t layers = 0, hidden = 0, intermediate = 0, heads = 0, kv_heads = 0, head_dim = 0,
+          vocab = 0, max_positions = 0, sliding_window = -1;
   uint64_t seed = 0;
   bool tied = false, attention_bias = false, mlp_bias = false, force = false, quiet = false;
 };
@@ -32,6 +32,7 @@ void RunSynth(const SynthFlags& flags) {
   if (flags.heads > 0) spec.num_attention_heads = flags.heads;
   if (flags.kv_heads > 0) spec.num_key_value_heads = flags.kv_heads;
   if (flags.heads > 0 && flags.kv_heads == 0) spec.num_key_value_heads = flags.heads;
+  if (flags.head_dim > 0) spec.head_dim = flags.head_dim;
   if (flags.vocab > 0) spec.vocab_size = flags.vocab;
   if (flags.max_positions > 0) spec.max_position_embeddings = flags.max_positions;
   if (flags.sliding_window >= 0) spec.sliding_window = flags.sliding_window;
@@ -83,6 +84,8 @@ void AddSynthCommand(CLI::App& app) {
   cmd->add_option("--heads", flags->heads, "num_attention_heads");
   cmd->add_option("--kv-heads", flags->kv_heads,
                   "num_key_value_heads (default: the preset's, or --heads when --heads is set)");
+  cmd->add_option("--head-dim", flags->head_dim,
+                  "head_dim, written to config.json (default: hidden / heads, not written)");
   cmd->add_option("--vocab", flags->vocab, "vocab_size");
   cmd->add_option("--max-positions", flags->max_positions, "max_position_embeddings");
   cmd->add_option("--sliding-window", flags->sliding_window, "Mistral sliding_window (0: none)");

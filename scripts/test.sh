@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The test command (README, .ci/run): setup, build, every ctest test (unit,
+# integration; cuda tests skip without a GPU), then a short libFuzzer run of
+# the safetensors header parser. Extra arguments go to ctest (e.g. -L unit).
+#
+# Environment: LLAMAPRO_BUILD_DIR (default build/), LLAMAPRO_FUZZ_SECONDS
+# (default 20; 0 skips the fuzz run), and those of setup.sh.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+start=$(date +%s)
+"$root/scripts/setup.sh"
+"$root/scripts/build.sh"
+build="${LLAMAPRO_BUILD_DIR:-$root/build}"
+(cd "$build" && ctest --output-on-failure -j"$(nproc)" "$@")
+if [ "${LLAMAPRO_FUZZ_SECONDS:-20}" != 0 ]; then
+  "$root/scripts/fuzz.sh" "${LLAMAPRO_FUZZ_SECONDS:-20}"
+fi
+echo "[test] all passed in $(( $(date +%s) - start )) s"

@@ -1,0 +1,134 @@
+// llamaproctl end to end: the binary is run as a user would run it.
+#include <sys/wait.h>
+
+#include <cstdio>
+#include <string>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/testing/test_util.h"
+
+namespace llamapro {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using testing::ScratchDir;
+
+struct CliRun {
+  int exit_code;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+CliRun Llamaproctl(const ScratchDir& dir, const std::string& args) {
+  const std::string err_file = dir.Join("stderr.txt");
+  const std::string command =
+      std::string(LLAMAPROCTL_PATH) + " " + args + " 2>" + err_file + " </dev/null";
+  FILE* pipe = popen(command.c_str(), "r");
+  CliRun run{-1, "", ""};
+  if (pipe == nullptr) return run;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof buffer, pipe)) > 0) run.out.append(buffer, n);
+  const int status = pclose(pipe);
+  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  run.err = testing::ReadBytes(err_file);
+  return run;
+}
+
+TEST(CliTest, SynthExpandVerifyInspectRoundTrip) {
+  ScratchDir dir;
+  CliRun synth = Llamaproctl(dir, "synth --out " + dir.Join("base") + " --layers 4 --quiet");
+  ASSERT_EQ(synth.exit_code, 0) << synth.err;
+  CliRun expand = Llamaproctl(dir, "expand --model " + dir.Join("base") + " --out " + dir.Join("pro") +
+                                    " --add-blocks 2 --verify");
+  ASSERT_EQ(expand.exit_code, 0) << expand.err;
+  EXPECT_THAT(expand.out, HasSubstr("new blocks  2, 5"));
+  EXPECT_THAT(expand.out, HasSubstr("logits bit-identical"));
+  EXPECT_THAT(expand.err, HasSubstr("expand: 100%")) << "progress is reported";
+
+  CliRun inspect = Llamaproctl(dir, "inspect --model " + dir.Join("pro") + " --json");
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.err;
+  auto json = nlohmann::json::parse(inspect.out);
+  EXPECT_EQ(json["config"]["num_hidden_layers"], 6);
+  EXPECT_EQ(json["expansion"]["new_blocks"], nlohmann::json({2, 5}));
+  EXPECT_EQ(json["expansion"]["lineage"].size(), 1u);
+  EXPECT_EQ(json["parameters"]["blocks"].size(), 6u);
+
+  CliRun table = Llamaproctl(dir, "inspect --model " + dir.Join("pro"));
+  ASSERT_EQ(table.exit_code, 0) << table.err;
+  EXPECT_THAT(table.out, HasSubstr("new, stage 1 (trained in post-pretraining)"));
+}
+
+TEST(CliTest, ScoreIsIdenticalBeforeAndAfterExpansion) {
+  ScratchDir dir;
+  ASSERT_EQ(Llamaproctl(dir, "synth --out " + dir.Join("a") + " -q").exit_code, 0);
+  ASSERT_EQ(Llamaproctl(dir, "expand -q --model " + dir.Join("a") + " --out " + dir.Join("b") +
+                                 " --layout top --add-blocks 3")
+                .exit_code,
+            0);
+  CliRun a = Llamaproctl(dir, "score --model " + dir.Join("a") + " --tokens 1,5,9,200,7 --json");
+  CliRun b = Llamaproctl(dir, "score --model " + dir.Join("b") + " --tokens 1,5,9,200,7 --json");
+  ASSERT_EQ(a.exit_code, 0) << a.err;
+  ASSERT_EQ(b.exit_code, 0) << b.err;
+  EXPECT_EQ(a.out, b.out);
+  auto json = nlohmann::json::parse(a.out);
+  EXPECT_EQ(json["tokens"], nlohmann::json({1, 5, 9, 200, 7}));
+  ASSERT_EQ(json["logprobs"].size(), 4u);
+  double nll = 0;
+  for (const auto& lp : json["logprobs"]) {
+    EXPECT_LT(lp.get<double>(), 0.0);
+    nll -= lp.get<double>() / 4;
+  }
+  EXPECT_NEAR(json["nll"].get<double>(), nll, 1e-9);
+}
+
+TEST(CliTest, ErrorsAreClearAndExitNonZero) {
+  ScratchDir dir;
+  ASSERT_EQ(Llamaproctl(dir, "synth -q --out " + dir.Join("m") + " --layers 6").exit_code, 0);
+  CliRun uneven = Llamaproctl(
+      dir, "expand --model " + dir.Join("m") + " --out " + dir.Join("x") + " --add-blocks 4");
+  EXPECT_EQ(uneven.exit_code, 1);
+  EXPECT_THAT(uneven.err, HasSubstr("llamaproctl expand: error: cannot split 6 blocks into 4 "
+                                    "equal groups; valid group counts (--add-blocks) for 6 "
+                                    "blocks: 1, 2, 3, 6"));
+  CliRun exists = Llamaproctl(dir, "synth -q --out " + dir.Join("m"));
+  EXPECT_EQ(exists.exit_code, 1);
+  EXPECT_THAT(exists.err, HasSubstr("already exists (use --force to replace it)"));
+  CliRun missing = Llamaproctl(dir, "inspect --model " + dir.Join("nope"));
+  EXPECT_EQ(missing.exit_code, 1);
+  EXPECT_THAT(missing.err, HasSubstr("nope/config.json"));
+  CliRun bad_token = Llamaproctl(dir, "score --model " + dir.Join("m") + " --tokens 1,99999");
+  EXPECT_EQ(bad_token.exit_code, 1);
+  EXPECT_THAT(bad_token.err, HasSubstr("token id 99999 is outside the vocabulary [0, 512)"));
+  CliRun usage = Llamaproctl(dir, "expand --out x");
+  EXPECT_NE(usage.exit_code, 0);
+  EXPECT_THAT(usage.err, HasSubstr("--model is required"));
+  EXPECT_THAT(dir.Entries(), ElementsAre("m", "stderr.txt"));
+}
+
+TEST(CliTest, EverySubcommandHasHelpListingItsFlags) {
+  ScratchDir dir;
+  const std::pair<const char*, std::vector<const char*>> commands[] = {
+      {"synth", {"--out", "--preset", "--scale", "--dtype", "--tied", "--seed"}},
+      {"expand",
+       {"--model", "--out", "--add-blocks", "--groups", "--layout", "--positions", "--dtype",
+        "--shard-size", "--verify", "--force"}},
+      {"inspect", {"--model", "--json"}},
+      {"score", {"--model", "--tokens", "--json"}},
+  };
+  for (const auto& [command, flags] : commands) {
+    CliRun help = Llamaproctl(dir, std::string(command) + " --help");
+    EXPECT_EQ(help.exit_code, 0) << command;
+    for (const char* flag : flags) EXPECT_THAT(help.out, HasSubstr(flag)) << command;
+  }
+  CliRun top = Llamaproctl(dir, "--help");
+  for (const char* command : {"synth", "expand", "inspect", "score"}) {
+    EXPECT_THAT(top.out, HasSubstr(command));
+  }
+}
+
+}  // namespace
+}  // namespace llamapro
