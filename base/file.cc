@@ -177,15 +177,12 @@ absl::Status File::WriteZeros(uint64_t n) {
 
 absl::Status File::AppendFrom(const File& src, uint64_t src_offset, uint64_t n) {
   loff_t in_off = static_cast<loff_t>(src_offset);
-  bool kernel_copy = true;
-  while (n > 0 && kernel_copy) {
+  while (n > 0) {
     ssize_t put = ::copy_file_range(src.fd_, &in_off, fd_, nullptr, n, 0);
     if (put < 0) {
       if (errno == EINTR) continue;
-      if (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL) {
-        kernel_copy = false;  // Fall back to a user-space copy below.
-        break;
-      }
+      // File systems (or kernels) without in-kernel copies: copy through a buffer below.
+      if (errno == EXDEV || errno == ENOSYS || errno == EOPNOTSUPP || errno == EINVAL) break;
       return ErrnoStatus(absl::StrCat("cannot copy from ", src.path_, " to"), path_, errno);
     }
     if (put == 0) {
@@ -242,9 +239,9 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& 
 }
 
 void MappedFile::DropPages(uint64_t offset, uint64_t n) const {
-  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
-  uint64_t begin = (offset + page - 1) / page * page;  // Whole pages inside the range.
-  uint64_t end = std::min(offset + n, size_) / page * page;
+  static const uint64_t kPage = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  uint64_t begin = (offset + kPage - 1) / kPage * kPage;  // Whole pages inside the range.
+  uint64_t end = std::min(offset + n, size_) / kPage * kPage;
   if (data_ == nullptr || end <= begin) return;
   // Advice only: failure leaves the pages resident, which is harmless.
   ::madvise(const_cast<uint8_t*>(data_) + begin, end - begin, MADV_DONTNEED);

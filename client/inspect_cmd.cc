@@ -132,6 +132,7 @@ void RunInspect(const InspectFlags& flags) {
   }
 
   std::vector<std::string> dtypes;
+  dtypes.reserve(dtype_tensors.size());
   for (const auto& [name, count] : dtype_tensors) dtypes.push_back(absl::StrCat(name, " x", count));
   std::printf("model        %s\n", flags.model.c_str());
   std::printf(

@@ -6,7 +6,9 @@
 #include "base/version.h"
 #include "client/commands.h"
 
-int main(int argc, char** argv) {
+namespace {
+
+int Run(int argc, char** argv) {
   CLI::App app{
       "llamaproctl: block expansion (LLaMA Pro) for LLaMA-family checkpoints in Hugging Face "
       "layout.\nSee docs/llamaproctl.md for every subcommand and flag."};
@@ -27,4 +29,19 @@ int main(int argc, char** argv) {
     return 1;
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return Run(argc, argv);
+  } catch (const std::exception& e) {
+    // Exceptions from libraries (allocation failures, CLI11 internals) end
+    // here instead of terminating without a message.
+    std::fprintf(stderr, "llamaproctl: internal error: %s\n", e.what());
+  } catch (...) {
+    std::fprintf(stderr, "llamaproctl: internal error: unknown exception\n");
+  }
+  return 2;
 }

@@ -49,7 +49,7 @@ void RunSynth(const SynthFlags& flags) {
   ProgressBar bar("synth", !flags.quiet);
   absl::Status status = WriteSyntheticCheckpoint(
       spec, flags.out, *shard, flags.force, [&bar](const SynthProgress& p) {
-        bar.Update(p.tensors_done, p.tensors_total, p.bytes_done, p.bytes_total, 0);
+        bar.Update(p.tensors_done, p.tensors_total, p.bytes_done, p.bytes_total, p.seconds);
       });
   bar.Finish();
   ThrowIfError(status);

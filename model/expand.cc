@@ -387,6 +387,7 @@ absl::StatusOr<ExpandResult> ExpandCheckpoint(const ExpandOptions& options) {
 
   std::vector<OutputTensor> tensors = LayOutTensors(*reader, plan, options.dtype);
   std::vector<TensorSpec> specs;
+  specs.reserve(tensors.size());
   for (const OutputTensor& t : tensors) specs.push_back(t.spec);
 
   LP_ASSIGN_OR_RETURN(auto staging, StagingDir::Create(out_dir));

@@ -164,7 +164,8 @@ absl::Status WriteSyntheticCheckpoint(const SynthSpec& spec, const std::string& 
   constexpr size_t kChunk = 1u << 20;
   std::vector<float> values(kChunk);
   std::vector<uint8_t> encoded(kChunk * DTypeSize(spec.dtype));
-  auto last_report = std::chrono::steady_clock::now();
+  const auto start = std::chrono::steady_clock::now();
+  auto last_report = start;
   for (size_t i = 0; i < specs.size(); ++i) {
     LP_RETURN_IF_ERROR(writer->BeginTensor(i));
     const Init init = InitFor(specs[i].name, spec);
@@ -188,12 +189,14 @@ absl::Status WriteSyntheticCheckpoint(const SynthSpec& spec, const std::string& 
       auto now = std::chrono::steady_clock::now();
       if (progress && now - last_report > std::chrono::milliseconds(100)) {
         last_report = now;
+        state.seconds = std::chrono::duration<double>(now - start).count();
         progress(state);
       }
     }
     ++state.tensors_done;
   }
   LP_RETURN_IF_ERROR(writer->Finish());
+  state.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (progress) progress(state);
   LP_RETURN_IF_ERROR(
       WriteFileAtomic(JoinPath(staging->path(), kConfigFile), config_json.dump(2) + "\n"));

@@ -48,6 +48,7 @@ LlamaConfig SynthConfig(const SynthSpec& spec);
 struct SynthProgress {
   int64_t tensors_done = 0, tensors_total = 0;
   uint64_t bytes_done = 0, bytes_total = 0;
+  double seconds = 0;
 };
 
 // Writes config.json, generation_config.json and weights (sharded at

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The test command (README, .ci/run): setup, build, every ctest test (unit,
-# integration; cuda tests skip without a GPU), then a short libFuzzer run of
-# the safetensors header parser. Extra arguments go to ctest (e.g. -L unit).
+# integration; cuda tests skip without a GPU), a short libFuzzer run of the
+# safetensors header parser, then the linters (scripts/lint.sh). Extra
+# arguments go to ctest (e.g. -L unit).
 #
 # Environment: LLAMAPRO_BUILD_DIR (default build/), LLAMAPRO_FUZZ_SECONDS
-# (default 20; 0 skips the fuzz run), and those of setup.sh.
+# (default 20; 0 skips the fuzz run), LLAMAPRO_LINT (all: clang-format and
+# clang-tidy, the default; format: clang-format only; 0: none), and those of
+# setup.sh.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 start=$(date +%s)
@@ -15,4 +18,9 @@ build="${LLAMAPRO_BUILD_DIR:-$root/build}"
 if [ "${LLAMAPRO_FUZZ_SECONDS:-20}" != 0 ]; then
   "$root/scripts/fuzz.sh" "${LLAMAPRO_FUZZ_SECONDS:-20}"
 fi
+case "${LLAMAPRO_LINT:-all}" in
+  0) ;;
+  format) "$root/scripts/lint.sh" --format-only ;;
+  *) "$root/scripts/lint.sh" ;;
+esac
 echo "[test] all passed in $(( $(date +%s) - start )) s"

@@ -1,5 +1,7 @@
 // CUDA casts against the CPU conversions (kernels/dtype.h), bit for bit.
 // Skipped where no CUDA device is usable (no driver, no GPU).
+#include "kernels/cuda/cast.cuh"
+
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -9,7 +11,6 @@
 #include <vector>
 
 #include "gtest/gtest.h"
-#include "kernels/cuda/cast.cuh"
 #include "kernels/cuda/device.h"
 #include "kernels/dtype.h"
 
@@ -65,7 +66,9 @@ TEST_F(CudaCastTest, F32ToBF16AndBackMatchTheCpuBitForBit) {
   for (int64_t i = 0; i < n; ++i) {
     const uint16_t expected = FloatToBF16(input[i]);
     if (half[i] != expected || FloatBits(out[i]) != FloatBits(BF16ToFloat(expected))) {
-      if (++mismatches < 5) ADD_FAILURE() << "input " << input[i] << " (bits 0x" << std::hex << FloatBits(input[i]) << ")";
+      if (++mismatches < 5)
+        ADD_FAILURE() << "input " << input[i] << " (bits 0x" << std::hex << FloatBits(input[i])
+                      << ")";
     }
   }
   EXPECT_EQ(mismatches, 0);

@@ -20,8 +20,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   for (const llamapro::TensorInfo& t : header->tensors) {
     LP_CHECK(t.begin == cursor, "contiguous data");
     LP_CHECK(t.end >= t.begin);
-    LP_CHECK(t.NumBytes() ==
-             static_cast<uint64_t>(t.NumElements()) * llamapro::DTypeSize(t.dtype));
+    LP_CHECK(t.NumBytes() == static_cast<uint64_t>(t.NumElements()) * llamapro::DTypeSize(t.dtype));
     cursor = t.end;
   }
   LP_CHECK(header->data_start + cursor == size, "data ends at the end of the file");

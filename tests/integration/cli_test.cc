@@ -42,8 +42,8 @@ TEST(CliTest, SynthExpandVerifyInspectRoundTrip) {
   ScratchDir dir;
   CliRun synth = Llamaproctl(dir, "synth --out " + dir.Join("base") + " --layers 4 --quiet");
   ASSERT_EQ(synth.exit_code, 0) << synth.err;
-  CliRun expand = Llamaproctl(dir, "expand --model " + dir.Join("base") + " --out " + dir.Join("pro") +
-                                    " --add-blocks 2 --verify");
+  CliRun expand = Llamaproctl(dir, "expand --model " + dir.Join("base") + " --out " +
+                                       dir.Join("pro") + " --add-blocks 2 --verify");
   ASSERT_EQ(expand.exit_code, 0) << expand.err;
   EXPECT_THAT(expand.out, HasSubstr("new blocks  2, 5"));
   EXPECT_THAT(expand.out, HasSubstr("logits bit-identical"));

@@ -142,8 +142,8 @@ TEST_P(ExpandExactTest, PreservesLogitsBitForBit) {
   ASSERT_TRUE(result.ok()) << result.status();
   EXPECT_GT(result->config.num_hidden_layers, c.spec.num_hidden_layers);
 
-  std::vector<int32_t> tokens;
-  for (int i = 0; i < 2 * 13; ++i) tokens.push_back((i * 37 + 5) % 97);
+  std::vector<int32_t> tokens(2 * 13);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = static_cast<int32_t>((i * 37 + 5) % 97);
   std::vector<float> before = Logits(dir.Join("in"), tokens, 2);
   std::vector<float> after = Logits(dir.Join("out"), tokens, 2);
   ASSERT_EQ(before.size(), after.size());
