@@ -63,10 +63,10 @@ void RunExpand(const ExpandFlags& flags) {
   std::printf(")\n  new blocks  %s (copies of %s, o_proj/down_proj zeroed)\n",
               absl::StrJoin(plan.new_blocks, ", ").c_str(),
               absl::StrJoin(plan.copied_from, ", ").c_str());
-  std::printf(
-      "  weights     %s in %s (%lld tensors, %s)\n", FormatBytes(result->bytes_written).c_str(),
-      absl::StrJoin(result->weight_files, ", ").c_str(), static_cast<long long>(result->tensors),
-      std::string(TorchDTypeName(result->config.torch_dtype.value_or(DType::kF32))).c_str());
+  std::printf("  weights     %s in %s (%lld tensors, %s)\n",
+              FormatBytes(result->bytes_written).c_str(),
+              absl::StrJoin(result->weight_files, ", ").c_str(),
+              static_cast<long long>(result->tensors), absl::StrJoin(result->dtypes, ", ").c_str());
   if (!result->copied_files.empty()) {
     std::printf("  copied      %s\n", absl::StrJoin(result->copied_files, ", ").c_str());
   }

@@ -388,7 +388,13 @@ absl::StatusOr<ExpandResult> ExpandCheckpoint(const ExpandOptions& options) {
   std::vector<OutputTensor> tensors = LayOutTensors(*reader, plan, options.dtype);
   std::vector<TensorSpec> specs;
   specs.reserve(tensors.size());
-  for (const OutputTensor& t : tensors) specs.push_back(t.spec);
+  for (const OutputTensor& t : tensors) {
+    specs.push_back(t.spec);
+    const std::string dtype(DTypeName(t.spec.dtype));
+    if (std::find(result.dtypes.begin(), result.dtypes.end(), dtype) == result.dtypes.end()) {
+      result.dtypes.push_back(dtype);
+    }
+  }
 
   LP_ASSIGN_OR_RETURN(auto staging, StagingDir::Create(out_dir));
   LP_ASSIGN_OR_RETURN(auto writer,

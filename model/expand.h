@@ -85,7 +85,8 @@ struct ExpandResult {
   ExpansionPlan plan;
   LlamaConfig config;  // Of the output.
   int64_t tensors = 0;
-  uint64_t bytes_written = 0;  // Tensor data bytes.
+  uint64_t bytes_written = 0;       // Tensor data bytes.
+  std::vector<std::string> dtypes;  // Distinct dtypes of the output tensors ("BF16", ...).
   std::vector<std::string> weight_files;
   std::vector<std::string> copied_files;   // Side files (tokenizer, generation config...).
   std::vector<std::string> skipped_files;  // Stale weights in other formats, not copied.
