@@ -25,6 +25,10 @@ void AddSynthCommand(CLI::App& app);
 void AddExpandCommand(CLI::App& app);
 void AddInspectCommand(CLI::App& app);
 void AddScoreCommand(CLI::App& app);
+void AddTokenizerCommand(CLI::App& app);
+void AddIngestCommand(CLI::App& app);
+void AddCorporaCommand(CLI::App& app);
+void AddSamplesCommand(CLI::App& app);
 
 }  // namespace llamapro::cli
 

@@ -41,7 +41,7 @@ void RunExpand(const ExpandFlags& flags) {
   options.shard_bytes = *shard;
   options.verify = flags.verify;
   options.force = flags.force;
-  ProgressBar bar("expand", !flags.quiet);
+  ProgressBar bar("expand", "tensors", !flags.quiet);
   options.progress = [&bar, &flags](const ExpandProgress& p) {
     if (p.phase == "verify") {
       bar.Finish();

@@ -18,6 +18,10 @@ int Run(int argc, char** argv) {
   llamapro::cli::AddExpandCommand(app);
   llamapro::cli::AddInspectCommand(app);
   llamapro::cli::AddScoreCommand(app);
+  llamapro::cli::AddTokenizerCommand(app);
+  llamapro::cli::AddIngestCommand(app);
+  llamapro::cli::AddCorporaCommand(app);
+  llamapro::cli::AddSamplesCommand(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -9,19 +9,23 @@
 
 namespace llamapro::cli {
 
-ProgressBar::ProgressBar(std::string label, bool enabled)
-    : label_(std::move(label)), enabled_(enabled), tty_(isatty(STDERR_FILENO) == 1) {}
+ProgressBar::ProgressBar(std::string label, std::string items, bool enabled)
+    : label_(std::move(label)),
+      items_(std::move(items)),
+      enabled_(enabled),
+      tty_(isatty(STDERR_FILENO) == 1) {}
 
 void ProgressBar::Update(int64_t items_done, int64_t items_total, uint64_t bytes_done,
-                         uint64_t bytes_total, double seconds) {
+                         uint64_t bytes_total, double seconds, const std::string& extra) {
   if (!enabled_) return;
   const double fraction =
       bytes_total > 0 ? static_cast<double>(bytes_done) / static_cast<double>(bytes_total) : 1.0;
   const double rate = seconds > 0 ? static_cast<double>(bytes_done) / seconds : 0.0;
   const double eta = rate > 0 ? static_cast<double>(bytes_total - bytes_done) / rate : 0.0;
   std::string stats = absl::StrFormat(
-      "%3.0f%% %d/%d tensors %s/%s %s/s", fraction * 100, items_done, items_total,
+      "%3.0f%% %d/%d %s %s/%s %s/s", fraction * 100, items_done, items_total, items_,
       FormatBytes(bytes_done), FormatBytes(bytes_total), FormatBytes(static_cast<uint64_t>(rate)));
+  if (!extra.empty()) stats += " " + extra;
   if (tty_) {
     constexpr int kWidth = 30;
     const int filled = static_cast<int>(fraction * kWidth);

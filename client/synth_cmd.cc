@@ -46,7 +46,7 @@ void RunSynth(const SynthFlags& flags) {
   auto shard = ParseByteSize(flags.shard_size);
   ThrowIfError(shard.status());
 
-  ProgressBar bar("synth", !flags.quiet);
+  ProgressBar bar("synth", "tensors", !flags.quiet);
   absl::Status status = WriteSyntheticCheckpoint(
       spec, flags.out, *shard, flags.force, [&bar](const SynthProgress& p) {
         bar.Update(p.tensors_done, p.tensors_total, p.bytes_done, p.bytes_total, p.seconds);

@@ -29,6 +29,8 @@ packages=(
   libgloo-dev prometheus-cpp-dev
   # Tests and benchmarks.
   libgtest-dev libgmock-dev libbenchmark-dev time
+  # Debian's own SentencePiece tools (spm_encode): the reference the tokenizer is tested against.
+  sentencepiece
   # Python for the transformers compatibility tests.
   python3 python3-venv python3-torch python3-numpy
 )
@@ -62,7 +64,7 @@ if [ "${LLAMAPRO_SETUP_PYTHON:-1}" != 0 ]; then
   # Debian's interpreter (pyenv's python3 on PATH lacks Debian's modules).
   # A stamp marks a complete environment: an interrupted run is redone.
   stamp="$LLAMAPRO_HF_VENV/.llamapro-ok"
-  hf_requirements="transformers==4.44.2 safetensors==0.4.5"
+  hf_requirements="transformers==4.44.2 safetensors==0.4.5 sentencepiece==0.2.0 protobuf==4.25.3"
   if [ "$(cat "$stamp" 2>/dev/null)" != "$hf_requirements" ]; then
     log "creating $LLAMAPRO_HF_VENV with $hf_requirements"
     rm -rf "$LLAMAPRO_HF_VENV"
