@@ -27,8 +27,12 @@ int Run(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const llamapro::cli::CommandError& e) {
+    // The full command path, e.g. "llamaproctl tokenizer train".
     std::string name = "llamaproctl";
-    for (const CLI::App* sub : app.get_subcommands()) name += " " + sub->get_name();
+    for (const CLI::App* sub = &app; !sub->get_subcommands().empty();) {
+      sub = sub->get_subcommands().front();
+      name += " " + sub->get_name();
+    }
     std::fprintf(stderr, "%s: error: %s\n", name.c_str(), e.what());
     return 1;
   }

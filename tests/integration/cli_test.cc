@@ -109,6 +109,55 @@ TEST(CliTest, ErrorsAreClearAndExitNonZero) {
   EXPECT_THAT(dir.Entries(), ElementsAre("m", "stderr.txt"));
 }
 
+TEST(CliTest, TokenizerIngestCorporaAndSamplesWorkTogether) {
+  ScratchDir dir;
+  std::string text;
+  for (int i = 0; i < 400; ++i) {
+    text += "document " + std::to_string(i) + " says the quick brown fox jumps over " +
+            std::to_string(i * 7) + " lazy dogs\n";
+  }
+  testing::WriteBytes(dir.Join("corpus.txt"), text);
+  CliRun train = Llamaproctl(dir, "tokenizer train --input " + dir.Join("corpus.txt") +
+                                      " --vocab-size 300 --out " + dir.Join("tok"));
+  ASSERT_EQ(train.exit_code, 0) << train.err;
+  CliRun ingest = Llamaproctl(dir, "ingest --store " + dir.Join("store") +
+                                       " --corpus web --split-lines --tokenizer " +
+                                       dir.Join("tok") + " " + dir.Join("corpus.txt"));
+  ASSERT_EQ(ingest.exit_code, 0) << ingest.err;
+  EXPECT_THAT(ingest.out, HasSubstr("documents   400"));
+  EXPECT_THAT(ingest.err, HasSubstr("ingest: 100%")) << "progress is reported";
+  CliRun again = Llamaproctl(dir, "ingest -q --store " + dir.Join("store") +
+                                      " --corpus web --split-lines --tokenizer " + dir.Join("tok") +
+                                      " " + dir.Join("corpus.txt"));
+  ASSERT_EQ(again.exit_code, 0) << again.err;
+  EXPECT_THAT(again.out, HasSubstr("1 already present (skipped)"));
+
+  CliRun corpora = Llamaproctl(dir, "corpora --json --store " + dir.Join("store"));
+  ASSERT_EQ(corpora.exit_code, 0) << corpora.err;
+  auto list = nlohmann::json::parse(corpora.out);
+  ASSERT_EQ(list.size(), 1u);
+  EXPECT_EQ(list[0]["name"], "web");
+  EXPECT_EQ(list[0]["documents"], 400);
+  EXPECT_GT(list[0]["tokens"].get<int>(), 400 * 10);
+
+  CliRun samples = Llamaproctl(dir, "samples --json --store " + dir.Join("store") +
+                                        " --mixture web --seq-len 16 --count 3 --start 5 "
+                                        "--tokenizer " +
+                                        dir.Join("tok"));
+  ASSERT_EQ(samples.exit_code, 0) << samples.err;
+  auto first = nlohmann::json::parse(samples.out.substr(0, samples.out.find('\n')));
+  EXPECT_EQ(first["index"], 5);
+  EXPECT_EQ(first["tokens"].size(), 17u);
+  EXPECT_THAT(first["text"].get<std::string>(),
+              ::testing::ContainsRegex("document|quick|brown|fox|jumps|over|lazy|dogs|says"));
+
+  CliRun mismatch =
+      Llamaproctl(dir, "ingest --store " + dir.Join("store") + " --corpus web --tokenizer " +
+                           dir.Join("nope.model") + " " + dir.Join("corpus.txt"));
+  EXPECT_EQ(mismatch.exit_code, 1);
+  EXPECT_THAT(mismatch.err, HasSubstr("nope.model"));
+}
+
 TEST(CliTest, EverySubcommandHasHelpListingItsFlags) {
   ScratchDir dir;
   const std::pair<const char*, std::vector<const char*>> commands[] = {
@@ -118,6 +167,14 @@ TEST(CliTest, EverySubcommandHasHelpListingItsFlags) {
         "--shard-size", "--verify", "--force"}},
       {"inspect", {"--model", "--json"}},
       {"score", {"--model", "--tokens", "--json"}},
+      {"ingest",
+       {"--store", "--corpus", "--tokenizer", "--format", "--text-field", "--split-lines",
+        "--held-out", "--strict", "--sft-format", "--template", "--threads"}},
+      {"corpora", {"--store", "--json"}},
+      {"samples",
+       {"--store", "--mixture", "--seq-len", "--seed", "--start", "--count", "--rank",
+        "--world-size", "--tokenizer", "--held-out", "--json"}},
+      {"tokenizer train", {"--input", "--vocab-size", "--out", "--threads", "--force"}},
   };
   for (const auto& [command, flags] : commands) {
     CliRun help = Llamaproctl(dir, std::string(command) + " --help");
@@ -125,7 +182,8 @@ TEST(CliTest, EverySubcommandHasHelpListingItsFlags) {
     for (const char* flag : flags) EXPECT_THAT(help.out, HasSubstr(flag)) << command;
   }
   CliRun top = Llamaproctl(dir, "--help");
-  for (const char* command : {"synth", "expand", "inspect", "score"}) {
+  for (const char* command :
+       {"synth", "expand", "inspect", "score", "tokenizer", "ingest", "corpora", "samples"}) {
     EXPECT_THAT(top.out, HasSubstr(command));
   }
 }
