@@ -29,6 +29,8 @@ void AddTokenizerCommand(CLI::App& app);
 void AddIngestCommand(CLI::App& app);
 void AddCorporaCommand(CLI::App& app);
 void AddSamplesCommand(CLI::App& app);
+void AddTrainCommand(CLI::App& app);
+void AddEvalCommand(CLI::App& app);
 
 }  // namespace llamapro::cli
 

@@ -22,6 +22,8 @@ int Run(int argc, char** argv) {
   llamapro::cli::AddIngestCommand(app);
   llamapro::cli::AddCorporaCommand(app);
   llamapro::cli::AddSamplesCommand(app);
+  llamapro::cli::AddTrainCommand(app);
+  llamapro::cli::AddEvalCommand(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -37,7 +37,45 @@ absl::Status IndexError(const std::string& index_path, absl::string_view message
   return absl::InvalidArgumentError(absl::StrCat(index_path, ": ", message));
 }
 
+// Files that hold weights in another format.
+bool IsOtherWeightsFile(absl::string_view name) {
+  for (absl::string_view ext : {".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx",
+                                ".safetensors", ".bin.index.json"}) {
+    if (absl::EndsWith(name, ext)) return true;
+  }
+  return absl::StartsWith(name, "pytorch_model") || absl::StartsWith(name, "tf_model") ||
+         absl::StartsWith(name, "flax_model");
+}
+
+absl::Status CopyFile(const std::string& from, const std::string& to) {
+  LP_ASSIGN_OR_RETURN(File src, File::OpenForRead(from));
+  LP_ASSIGN_OR_RETURN(uint64_t size, src.Size());
+  LP_ASSIGN_OR_RETURN(File dst, File::CreateNew(to));
+  LP_RETURN_IF_ERROR(dst.AppendFrom(src, 0, size));
+  LP_RETURN_IF_ERROR(dst.Sync());
+  return dst.Close();
+}
+
 }  // namespace
+
+absl::Status CopySideFiles(const std::string& from_dir, const std::string& to_dir,
+                           const std::vector<std::string>& exclude,
+                           std::vector<std::string>* copied, std::vector<std::string>* skipped) {
+  LP_ASSIGN_OR_RETURN(std::vector<std::string> names, ListFiles(from_dir));
+  for (const std::string& name : names) {
+    if (name == kWeightsIndexFile ||
+        std::find(exclude.begin(), exclude.end(), name) != exclude.end()) {
+      continue;
+    }
+    if (IsOtherWeightsFile(name)) {
+      if (!absl::EndsWith(name, ".safetensors") && skipped != nullptr) skipped->push_back(name);
+      continue;
+    }
+    LP_RETURN_IF_ERROR(CopyFile(JoinPath(from_dir, name), JoinPath(to_dir, name)));
+    if (copied != nullptr) copied->push_back(name);
+  }
+  return absl::OkStatus();
+}
 
 uint64_t CheckpointReader::TotalTensorBytes() const {
   uint64_t total = 0;

@@ -57,6 +57,16 @@ class CheckpointReader {
   std::unordered_map<std::string, TensorRef> by_name_;
 };
 
+// Copies the files of checkpoint directory `from_dir` that are not weights
+// and not named in `exclude` (tokenizer files, generation_config.json, a
+// README...) into `to_dir`. Weights in other formats (*.bin, *.pt, *.pth,
+// *.ckpt, *.gguf, *.h5, *.msgpack, *.onnx, pytorch_model*, tf_model*,
+// flax_model*) are not copied, since they would hold stale weights; they are
+// listed in `*skipped`. Subdirectories are not copied.
+absl::Status CopySideFiles(const std::string& from_dir, const std::string& to_dir,
+                           const std::vector<std::string>& exclude,
+                           std::vector<std::string>* copied, std::vector<std::string>* skipped);
+
 // How tensors are split over output files: greedily, in order, starting a new
 // shard when the next tensor would push the current one past `max_shard_bytes`
 // (as transformers' save_pretrained does). One shard is written as

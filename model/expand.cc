@@ -47,17 +47,6 @@ void AddNew(ExpansionPlan* plan, int64_t source) {
   plan->is_new.push_back(true);
 }
 
-// Files of a checkpoint directory that hold weights in another format: they
-// would be stale beside the expanded safetensors, so they are not copied.
-bool IsOtherWeightsFile(absl::string_view name) {
-  for (absl::string_view ext : {".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack", ".onnx",
-                                ".safetensors", ".bin.index.json"}) {
-    if (absl::EndsWith(name, ext)) return true;
-  }
-  return absl::StartsWith(name, "pytorch_model") || absl::StartsWith(name, "tf_model") ||
-         absl::StartsWith(name, "flax_model");
-}
-
 struct OutputTensor {
   TensorSpec spec;
   TensorRef source;
@@ -176,15 +165,6 @@ absl::Status WriteTensor(const OutputTensor& t, CheckpointWriter* writer,
     progress->Add(n * out_size);
   }
   return absl::OkStatus();
-}
-
-absl::Status CopySideFile(const std::string& from, const std::string& to) {
-  LP_ASSIGN_OR_RETURN(File src, File::OpenForRead(from));
-  LP_ASSIGN_OR_RETURN(uint64_t size, src.Size());
-  LP_ASSIGN_OR_RETURN(File dst, File::CreateNew(to));
-  LP_RETURN_IF_ERROR(dst.AppendFrom(src, 0, size));
-  LP_RETURN_IF_ERROR(dst.Sync());
-  return dst.Close();
 }
 
 std::string UtcNow() {
@@ -415,16 +395,8 @@ absl::StatusOr<ExpandResult> ExpandCheckpoint(const ExpandOptions& options) {
       WriteFileAtomic(JoinPath(staging->path(), kConfigFile), SerializeLlamaConfig(result.config)));
   LP_RETURN_IF_ERROR(
       WriteFileAtomic(JoinPath(staging->path(), kExpansionFile), SerializeExpansionRecord(record)));
-  LP_ASSIGN_OR_RETURN(std::vector<std::string> side_files, ListFiles(in_dir));
-  for (const std::string& name : side_files) {
-    if (name == kConfigFile || name == kExpansionFile || name == kWeightsIndexFile) continue;
-    if (IsOtherWeightsFile(name)) {
-      if (!absl::EndsWith(name, ".safetensors")) result.skipped_files.push_back(name);
-      continue;
-    }
-    LP_RETURN_IF_ERROR(CopySideFile(JoinPath(in_dir, name), JoinPath(staging->path(), name)));
-    result.copied_files.push_back(name);
-  }
+  LP_RETURN_IF_ERROR(CopySideFiles(in_dir, staging->path(), {kConfigFile, kExpansionFile},
+                                   &result.copied_files, &result.skipped_files));
   result.seconds = progress.seconds();
 
   if (options.verify) {

@@ -1,0 +1,67 @@
+#include "eval/ppl.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "absl/strings/str_cat.h"
+#include "base/status_macros.h"
+#include "data/sampler.h"
+#include "model/llama_train.h"
+
+namespace llamapro {
+
+absl::StatusOr<PerplexityResult> HeldOutPerplexity(LlamaParams* params, const TokenStore& store,
+                                                   const std::string& corpus,
+                                                   const PerplexityOptions& options) {
+  if (options.seq_len < 1 || options.batch < 1 || options.max_windows < 0) {
+    return absl::InvalidArgumentError("seq_len and batch must be positive, max_windows >= 0");
+  }
+  LP_ASSIGN_OR_RETURN(std::optional<StoreTokenizer> tokenizer, store.Tokenizer());
+  if (tokenizer && tokenizer->vocab_size > params->config.vocab_size) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the store's tokenizer has ", tokenizer->vocab_size,
+                     " ids but the model only ", params->config.vocab_size));
+  }
+  LP_ASSIGN_OR_RETURN(auto reader, HeldOutReader::Create(&store, corpus, options.seq_len));
+  int64_t windows = reader->size();
+  if (options.max_windows > 0) windows = std::min(windows, options.max_windows);
+  if (windows == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("corpus '", corpus, "' has no held-out window of ", options.seq_len + 1,
+                     " tokens (ingest more text, raise --held-out, or lower the sequence length)"));
+  }
+  PerplexityResult result;
+  result.corpus = corpus;
+  result.windows = windows;
+  const int64_t width = options.seq_len + 1;
+  const int64_t batch = std::min(options.batch, windows);
+  TrainingPass pass(params, batch, options.seq_len, /*for_training=*/false);
+  std::vector<int32_t> tokens(batch * width);
+  std::vector<uint8_t> mask(batch * width);
+  double loss = 0;
+  for (int64_t first = 0; first < windows; first += batch) {
+    const int64_t count = std::min(batch, windows - first);
+    for (int64_t b = 0; b < batch; ++b) {
+      if (b < count) {
+        LP_ASSIGN_OR_RETURN(Sample sample, reader->Get(first + b));
+        std::copy(sample.tokens.begin(), sample.tokens.end(), tokens.begin() + b * width);
+        std::copy(sample.loss_mask.begin(), sample.loss_mask.end(), mask.begin() + b * width);
+      } else {
+        // Padding rows of a short last batch count nothing.
+        std::fill(mask.begin() + b * width, mask.begin() + (b + 1) * width, 0);
+      }
+    }
+    LP_ASSIGN_OR_RETURN(LossSum sum, pass.Evaluate(tokens, mask));
+    loss += sum.loss;
+    result.targets += sum.targets;
+  }
+  if (result.targets == 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("corpus '", corpus, "': no held-out tokens to predict"));
+  }
+  result.nll = loss / static_cast<double>(result.targets);
+  result.perplexity = std::exp(result.nll);
+  return result;
+}
+
+}  // namespace llamapro

@@ -1,0 +1,39 @@
+// Perplexity on the held-out split of token-store corpora: the forgetting
+// monitor (general-corpus perplexity must hold while the domain one falls).
+#ifndef LLAMAPRO_EVAL_PPL_H_
+#define LLAMAPRO_EVAL_PPL_H_
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "data/store.h"
+#include "model/llama_params.h"
+
+namespace llamapro {
+
+struct PerplexityResult {
+  std::string corpus;
+  int64_t windows = 0;  // Held-out windows evaluated.
+  int64_t targets = 0;  // Tokens predicted.
+  double nll = 0;       // Mean negative log-likelihood, nats per token.
+  double perplexity = 0;
+};
+
+struct PerplexityOptions {
+  int64_t seq_len = 2048;
+  int64_t max_windows = 0;  // 0: every held-out window.
+  int64_t batch = 4;        // Windows per forward pass.
+};
+
+// Runs the model (fp32, forward only) over the first windows of `corpus`'s
+// held-out split (HeldOutReader: fixed order, so values are comparable across
+// checkpoints). Gradients and trainable flags of `params` are untouched.
+// FailedPrecondition when the corpus has no held-out window of seq_len + 1.
+absl::StatusOr<PerplexityResult> HeldOutPerplexity(LlamaParams* params, const TokenStore& store,
+                                                   const std::string& corpus,
+                                                   const PerplexityOptions& options);
+
+}  // namespace llamapro
+
+#endif  // LLAMAPRO_EVAL_PPL_H_

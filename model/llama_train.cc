@@ -1,0 +1,297 @@
+#include "model/llama_train.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "base/check.h"
+#include "base/status_macros.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/reference.h"
+#include "model/rope.h"
+
+namespace llamapro {
+namespace {
+
+float* GradOf(Parameter& p) { return p.trainable ? p.grad.data() : nullptr; }
+const float* ValueOf(const Parameter& p) { return p.value.empty() ? nullptr : p.value.data(); }
+
+void AddTo(float* y, const std::vector<float>& x, int64_t n) { cpu::AddInPlace(y, x.data(), n); }
+
+}  // namespace
+
+TrainingPass::TrainingPass(LlamaParams* params, int64_t batch, int64_t seq_len, bool for_training)
+    : params_(params),
+      config_(params->config),
+      batch_(batch),
+      seq_len_(seq_len),
+      rows_(batch * seq_len),
+      for_training_(for_training) {
+  LP_CHECK(batch > 0 && seq_len > 0);
+  const int64_t layers = static_cast<int64_t>(params->blocks.size());
+  embed_grad_ = for_training && params->embed.trainable;
+  lowest_ = layers;
+  if (!for_training) {
+    // Evaluation: nothing is differentiated.
+  } else if (embed_grad_) {
+    lowest_ = 0;
+  } else {
+    for (int64_t i = 0; i < layers; ++i) {
+      if (params->blocks[i].AnyTrainable()) {
+        lowest_ = i;
+        break;
+      }
+    }
+  }
+  ref::RopeTables(RopeInverseFrequencies<float>(config_), seq_len, &cos_, &sin_);
+  const int64_t n = rows_, c = config_.hidden_size, f = config_.intermediate_size;
+  const int64_t q = config_.num_attention_heads * config_.head_dim;
+  const int64_t kv = config_.num_key_value_heads * config_.head_dim;
+  const int64_t lse = batch * config_.num_attention_heads * seq_len;
+  auto allocate = [&](BlockActivations* a, bool keep_inputs) {
+    if (keep_inputs) {
+      a->x_in.resize(n * c);
+      a->x_mid.resize(n * c);
+    }
+    a->xn1.resize(n * c);
+    a->inv1.resize(n);
+    a->q.resize(n * q);
+    a->k.resize(n * kv);
+    a->v.resize(n * kv);
+    a->attn.resize(n * q);
+    a->lse.resize(lse);
+    a->xn2.resize(n * c);
+    a->inv2.resize(n);
+    a->gate.resize(n * f);
+    a->up.resize(n * f);
+  };
+  saved_.resize(layers);
+  for (int64_t i = lowest_; i < layers; ++i) allocate(&saved_[i], true);
+  if (lowest_ > 0 || lowest_ == layers) allocate(&scratch_, false);
+  inputs_.resize(n);
+  targets_.resize(n);
+  target_mask_.resize(n);
+  x_.resize(n * c);
+  x_final_.resize(n * c);
+  xn_final_.resize(n * c);
+  inv_final_.resize(n);
+  dres_.resize(n * c);
+  dxn_.resize(n * c);
+  dtmp_.resize(n * c);
+  act_.resize(n * f);
+  if (lowest_ < layers) {
+    dq_.resize(n * q);
+    dk_.resize(n * kv);
+    dv_.resize(n * kv);
+    dattn_.resize(n * q);
+    dact_.resize(n * f);
+    dgate_.resize(n * f);
+    dup_.resize(n * f);
+  }
+  attn_scratch_.resize(
+      std::max(cpu::AttentionScratchSize(seq_len), cpu::AttentionBackwardScratchSize(seq_len)));
+  lm_scratch_.resize(cpu::LmHeadScratchSize(config_.vocab_size));
+  ComputeFlops();
+}
+
+uint64_t TrainingPass::ActivationBytes() const {
+  uint64_t floats = 0;
+  auto add = [&](const BlockActivations& a) {
+    for (const std::vector<float>* v : {&a.x_in, &a.xn1, &a.inv1, &a.q, &a.k, &a.v, &a.attn, &a.lse,
+                                        &a.x_mid, &a.xn2, &a.inv2, &a.gate, &a.up}) {
+      floats += v->size();
+    }
+  };
+  for (const BlockActivations& a : saved_) add(a);
+  add(scratch_);
+  for (const std::vector<float>* v :
+       {&x_, &x_final_, &xn_final_, &inv_final_, &dres_, &dxn_, &dtmp_, &dq_, &dk_, &dv_, &dattn_,
+        &dact_, &dgate_, &dup_, &act_, &attn_scratch_, &lm_scratch_}) {
+    floats += v->size();
+  }
+  return floats * sizeof(float);
+}
+
+void TrainingPass::ComputeFlops() {
+  const double c = static_cast<double>(config_.hidden_size);
+  const double f = static_cast<double>(config_.intermediate_size);
+  const double q = static_cast<double>(config_.num_attention_heads * config_.head_dim);
+  const double kv = static_cast<double>(config_.num_key_value_heads * config_.head_dim);
+  const double v = static_cast<double>(config_.vocab_size);
+  const double t = static_cast<double>(seq_len_);
+  const double qkv = c * (q + 2 * kv);
+  const double layers = static_cast<double>(params_->blocks.size());
+  flops_.forward = layers * (2 * qkv + 2 * q * c + 6 * c * f + 4 * t * q) + 2 * c * v;
+  double backward = 0;
+  const bool head_dx = lowest_ < static_cast<int64_t>(params_->blocks.size()) ||
+                       (for_training_ && params_->final_norm.trainable);
+  if (head_dx) backward += 2 * c * v;
+  if (params_->Head().trainable && for_training_) backward += 2 * c * v;
+  for (int64_t i = lowest_; i < static_cast<int64_t>(params_->blocks.size()); ++i) {
+    BlockParams& b = params_->blocks[i];
+    backward += 2 * f * c + 4 * c * f + 2 * q * c + 10 * t * q;  // Input gradients inside.
+    if (b.down_proj.trainable) backward += 2 * f * c;
+    if (b.gate_proj.trainable) backward += 4 * c * f;
+    if (b.o_proj.trainable) backward += 2 * q * c;
+    const bool need_dxn1 = i > lowest_ || embed_grad_ || b.input_norm.trainable;
+    if (need_dxn1) backward += 2 * qkv;
+    if (b.q_proj.trainable) backward += 2 * qkv;
+  }
+  flops_.backward = backward;
+}
+
+absl::Status TrainingPass::Prepare(std::span<const int32_t> tokens, std::span<const uint8_t> mask) {
+  const int64_t width = seq_len_ + 1;
+  if (static_cast<int64_t>(tokens.size()) != batch_ * width) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected ", batch_, " x ", width, " tokens, got ", tokens.size()));
+  }
+  if (!mask.empty() && mask.size() != tokens.size()) {
+    return absl::InvalidArgumentError("the loss mask and the tokens differ in size");
+  }
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] < 0 || tokens[i] >= config_.vocab_size) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "token id ", tokens[i], " is outside the vocabulary [0, ", config_.vocab_size, ")"));
+    }
+  }
+  all_targets_ = mask.empty();
+  for (int64_t b = 0; b < batch_; ++b) {
+    for (int64_t t = 0; t < seq_len_; ++t) {
+      inputs_[b * seq_len_ + t] = tokens[b * width + t];
+      targets_[b * seq_len_ + t] = tokens[b * width + t + 1];
+      target_mask_[b * seq_len_ + t] = mask.empty() ? 1 : (mask[b * width + t + 1] != 0 ? 1 : 0);
+    }
+  }
+  return absl::OkStatus();
+}
+
+void TrainingPass::BlockForward(int64_t layer, BlockActivations* saved, float* x) {
+  BlockParams& b = params_->blocks[layer];
+  BlockActivations& a = saved != nullptr ? *saved : scratch_;
+  const int64_t n = rows_, c = config_.hidden_size, f = config_.intermediate_size;
+  const int64_t h = config_.num_attention_heads, hkv = config_.num_key_value_heads;
+  const int64_t d = config_.head_dim;
+  const float eps = static_cast<float>(config_.rms_norm_eps);
+  if (saved != nullptr) std::memcpy(a.x_in.data(), x, n * c * sizeof(float));
+  cpu::RmsNormForward(x, b.input_norm.value.data(), a.xn1.data(), a.inv1.data(), n, c, eps);
+  cpu::Linear(a.xn1.data(), b.q_proj.value.data(), ValueOf(b.q_bias), a.q.data(), n, c, h * d);
+  cpu::Linear(a.xn1.data(), b.k_proj.value.data(), ValueOf(b.k_bias), a.k.data(), n, c, hkv * d);
+  cpu::Linear(a.xn1.data(), b.v_proj.value.data(), ValueOf(b.v_bias), a.v.data(), n, c, hkv * d);
+  cpu::ApplyRope(a.q.data(), cos_.data(), sin_.data(), batch_, seq_len_, h, d);
+  cpu::ApplyRope(a.k.data(), cos_.data(), sin_.data(), batch_, seq_len_, hkv, d);
+  cpu::AttentionForward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), batch_,
+                        seq_len_, h, hkv, d, config_.sliding_window, attn_scratch_.data());
+  cpu::Linear(a.attn.data(), b.o_proj.value.data(), ValueOf(b.o_bias), dtmp_.data(), n, h * d, c);
+  cpu::AddInPlace(x, dtmp_.data(), n * c);
+  if (saved != nullptr) std::memcpy(a.x_mid.data(), x, n * c * sizeof(float));
+  cpu::RmsNormForward(x, b.post_norm.value.data(), a.xn2.data(), a.inv2.data(), n, c, eps);
+  cpu::Linear(a.xn2.data(), b.gate_proj.value.data(), ValueOf(b.gate_bias), a.gate.data(), n, c, f);
+  cpu::Linear(a.xn2.data(), b.up_proj.value.data(), ValueOf(b.up_bias), a.up.data(), n, c, f);
+  cpu::SiluMul(a.gate.data(), a.up.data(), act_.data(), n * f);
+  cpu::Linear(act_.data(), b.down_proj.value.data(), ValueOf(b.down_bias), dtmp_.data(), n, f, c);
+  cpu::AddInPlace(x, dtmp_.data(), n * c);
+}
+
+LossSum TrainingPass::Forward(bool keep_final) {
+  const int64_t n = rows_, c = config_.hidden_size;
+  cpu::Embedding(params_->embed.value.data(), inputs_.data(), x_.data(), n, c);
+  for (int64_t i = 0; i < static_cast<int64_t>(params_->blocks.size()); ++i) {
+    BlockForward(i, i >= lowest_ ? &saved_[i] : nullptr, x_.data());
+  }
+  if (keep_final) std::memcpy(x_final_.data(), x_.data(), n * c * sizeof(float));
+  cpu::RmsNormForward(x_.data(), params_->final_norm.value.data(), xn_final_.data(),
+                      inv_final_.data(), n, c, static_cast<float>(config_.rms_norm_eps));
+  LossSum sum;
+  for (uint8_t m : target_mask_) sum.targets += m;
+  return sum;
+}
+
+void TrainingPass::BlockBackward(int64_t layer, bool need_input_grad, float* dres) {
+  BlockParams& b = params_->blocks[layer];
+  BlockActivations& a = saved_[layer];
+  const int64_t n = rows_, c = config_.hidden_size, f = config_.intermediate_size;
+  const int64_t h = config_.num_attention_heads, hkv = config_.num_key_value_heads;
+  const int64_t d = config_.head_dim;
+
+  // MLP branch: x_out = x_mid + down(silu(gate) * up).
+  if (b.down_proj.trainable) cpu::SiluMul(a.gate.data(), a.up.data(), act_.data(), n * f);
+  cpu::LinearBackward(dres, act_.data(), b.down_proj.value.data(), dact_.data(),
+                      GradOf(b.down_proj), GradOf(b.down_bias), n, f, c);
+  cpu::SiluMulBackward(a.gate.data(), a.up.data(), dact_.data(), dgate_.data(), dup_.data(), n * f);
+  cpu::LinearBackward(dgate_.data(), a.xn2.data(), b.gate_proj.value.data(), dxn_.data(),
+                      GradOf(b.gate_proj), GradOf(b.gate_bias), n, c, f);
+  cpu::LinearBackward(dup_.data(), a.xn2.data(), b.up_proj.value.data(), dtmp_.data(),
+                      GradOf(b.up_proj), GradOf(b.up_bias), n, c, f);
+  AddTo(dxn_.data(), dtmp_, n * c);
+  cpu::RmsNormBackward(dxn_.data(), a.x_mid.data(), b.post_norm.value.data(), a.inv2.data(),
+                       dtmp_.data(), GradOf(b.post_norm), n, c);
+  AddTo(dres, dtmp_, n * c);  // Now d(x_mid).
+
+  // Attention branch: x_mid = x_in + o(attention(rope(q), rope(k), v)).
+  cpu::LinearBackward(dres, a.attn.data(), b.o_proj.value.data(), dattn_.data(), GradOf(b.o_proj),
+                      GradOf(b.o_bias), n, h * d, c);
+  cpu::AttentionBackward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(),
+                         dattn_.data(), dq_.data(), dk_.data(), dv_.data(), batch_, seq_len_, h,
+                         hkv, d, config_.sliding_window, attn_scratch_.data());
+  cpu::ApplyRopeBackward(dq_.data(), cos_.data(), sin_.data(), batch_, seq_len_, h, d);
+  cpu::ApplyRopeBackward(dk_.data(), cos_.data(), sin_.data(), batch_, seq_len_, hkv, d);
+  const bool need_dxn1 = need_input_grad || b.input_norm.trainable;
+  cpu::LinearBackward(dq_.data(), a.xn1.data(), b.q_proj.value.data(),
+                      need_dxn1 ? dxn_.data() : nullptr, GradOf(b.q_proj), GradOf(b.q_bias), n, c,
+                      h * d);
+  cpu::LinearBackward(dk_.data(), a.xn1.data(), b.k_proj.value.data(),
+                      need_dxn1 ? dtmp_.data() : nullptr, GradOf(b.k_proj), GradOf(b.k_bias), n, c,
+                      hkv * d);
+  if (need_dxn1) AddTo(dxn_.data(), dtmp_, n * c);
+  cpu::LinearBackward(dv_.data(), a.xn1.data(), b.v_proj.value.data(),
+                      need_dxn1 ? dtmp_.data() : nullptr, GradOf(b.v_proj), GradOf(b.v_bias), n, c,
+                      hkv * d);
+  if (!need_dxn1) return;
+  AddTo(dxn_.data(), dtmp_, n * c);
+  cpu::RmsNormBackward(dxn_.data(), a.x_in.data(), b.input_norm.value.data(), a.inv1.data(),
+                       need_input_grad ? dtmp_.data() : nullptr, GradOf(b.input_norm), n, c);
+  if (need_input_grad) AddTo(dres, dtmp_, n * c);  // Now d(x_in).
+}
+
+absl::StatusOr<LossSum> TrainingPass::ForwardBackward(std::span<const int32_t> tokens,
+                                                      std::span<const uint8_t> mask,
+                                                      float grad_scale) {
+  if (!for_training_) {
+    return absl::FailedPreconditionError("this pass was built for evaluation only");
+  }
+  LP_RETURN_IF_ERROR(Prepare(tokens, mask));
+  LossSum sum = Forward(/*keep_final=*/true);
+  const int64_t n = rows_, c = config_.hidden_size;
+  const int64_t layers = static_cast<int64_t>(params_->blocks.size());
+  const bool head_dx = lowest_ < layers || params_->final_norm.trainable;
+  Parameter& head = params_->Head();
+  sum.loss = cpu::LmHeadCrossEntropy(xn_final_.data(), head.value.data(), targets_.data(),
+                                     all_targets_ ? nullptr : target_mask_.data(), grad_scale,
+                                     head_dx ? dxn_.data() : nullptr, GradOf(head), n, c,
+                                     config_.vocab_size, lm_scratch_.data());
+  if (!head_dx) return sum;
+  cpu::RmsNormBackward(dxn_.data(), x_final_.data(), params_->final_norm.value.data(),
+                       inv_final_.data(), lowest_ < layers ? dres_.data() : nullptr,
+                       GradOf(params_->final_norm), n, c);
+  for (int64_t i = layers - 1; i >= lowest_; --i) {
+    BlockBackward(i, /*need_input_grad=*/i > lowest_ || embed_grad_, dres_.data());
+  }
+  if (embed_grad_) {
+    cpu::EmbeddingBackward(dres_.data(), inputs_.data(), params_->embed.grad.data(), n, c);
+  }
+  return sum;
+}
+
+absl::StatusOr<LossSum> TrainingPass::Evaluate(std::span<const int32_t> tokens,
+                                               std::span<const uint8_t> mask) {
+  LP_RETURN_IF_ERROR(Prepare(tokens, mask));
+  LossSum sum = Forward(/*keep_final=*/false);
+  sum.loss =
+      cpu::LmHeadCrossEntropy(xn_final_.data(), params_->Head().value.data(), targets_.data(),
+                              all_targets_ ? nullptr : target_mask_.data(), 1.0f, nullptr, nullptr,
+                              rows_, config_.hidden_size, config_.vocab_size, lm_scratch_.data());
+  return sum;
+}
+
+}  // namespace llamapro

@@ -1,0 +1,94 @@
+// Training forward and backward of LLaMA/Mistral on the CPU (fp32), written
+// out per layer, frozen-aware:
+//   * nothing below the lowest block that trains is ever differentiated: its
+//     activations are not even kept;
+//   * frozen blocks above it propagate input gradients only (no weight
+//     gradient GEMMs);
+//   * the lowest trainable block does not compute the gradient of its own
+//     input unless the embedding trains;
+//   * gradients exist only for trainable tensors (Parameter::grad).
+// All buffers are sized by the constructor; a pass allocates nothing.
+#ifndef LLAMAPRO_MODEL_LLAMA_TRAIN_H_
+#define LLAMAPRO_MODEL_LLAMA_TRAIN_H_
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "model/llama_params.h"
+
+namespace llamapro {
+
+struct LossSum {
+  double loss = 0;      // Sum of -log p(target) over counted targets.
+  int64_t targets = 0;  // Targets counted (mask != 0).
+};
+
+// FLOPs per token a pass executes (multiply-add = 2 FLOPs; attention counted
+// over the full T x T score matrix it computes).
+struct FlopCount {
+  double forward = 0;
+  double backward = 0;
+};
+
+// One set of activation buffers for `batch` sequences of `seq_len` inputs.
+// The trainable flags of `params` are read at construction; build a new pass
+// when they change. With for_training == false only Evaluate may be called
+// and no activations for a backward are allocated. Not thread-safe. `params`
+// must outlive the pass.
+class TrainingPass {
+ public:
+  TrainingPass(LlamaParams* params, int64_t batch, int64_t seq_len, bool for_training = true);
+
+  // `tokens` holds batch rows of seq_len + 1 ids: row b's inputs are its
+  // first seq_len ids, its targets the last seq_len. `mask` (same layout, or
+  // empty for all ones) says which targets count: mask[b, t + 1] for the
+  // target of input position t. Adds grad_scale * d(loss sum)/d(param) to
+  // every trainable parameter's gradient and returns the loss sum.
+  absl::StatusOr<LossSum> ForwardBackward(std::span<const int32_t> tokens,
+                                          std::span<const uint8_t> mask, float grad_scale);
+  // The loss sum only (evaluation); no gradients, nothing kept.
+  absl::StatusOr<LossSum> Evaluate(std::span<const int32_t> tokens, std::span<const uint8_t> mask);
+
+  const FlopCount& flops_per_token() const { return flops_; }
+  // The lowest block that is differentiated (num blocks when none is).
+  int64_t lowest_backward_block() const { return lowest_; }
+  uint64_t ActivationBytes() const;
+
+ private:
+  struct BlockActivations {
+    std::vector<float> x_in, xn1, inv1, q, k, v, attn, lse, x_mid, xn2, inv2, gate, up;
+  };
+  absl::Status Prepare(std::span<const int32_t> tokens, std::span<const uint8_t> mask);
+  // Runs the blocks and the final norm; with `keep_final` also keeps the
+  // final norm's input for the backward.
+  LossSum Forward(bool keep_final);
+  void BlockForward(int64_t layer, BlockActivations* saved, float* x);
+  // dres: gradient w.r.t. the block's output, replaced by the gradient
+  // w.r.t. its input when `need_input_grad`.
+  void BlockBackward(int64_t layer, bool need_input_grad, float* dres);
+  void ComputeFlops();
+
+  LlamaParams* params_;
+  LlamaConfig config_;
+  int64_t batch_, seq_len_, rows_;
+  bool for_training_;
+  int64_t lowest_;
+  bool embed_grad_ = false;
+  std::vector<float> cos_, sin_;
+  std::vector<int32_t> inputs_, targets_;
+  std::vector<uint8_t> target_mask_;
+  bool all_targets_ = true;
+  std::vector<BlockActivations> saved_;  // Indexed by layer; empty below lowest_.
+  BlockActivations scratch_;             // Forward of blocks that keep nothing.
+  std::vector<float> x_, x_final_, xn_final_, inv_final_;
+  // Backward work space.
+  std::vector<float> dres_, dxn_, dtmp_, dq_, dk_, dv_, dattn_, dact_, dgate_, dup_, act_;
+  std::vector<float> attn_scratch_, lm_scratch_;
+  FlopCount flops_;
+};
+
+}  // namespace llamapro
+
+#endif  // LLAMAPRO_MODEL_LLAMA_TRAIN_H_

@@ -1,0 +1,398 @@
+// The training engine end to end: frozen-aware gradients, accumulation,
+// training runs, checkpoints and exact resume.
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <random>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "base/file.h"
+#include "data/ingest.h"
+#include "data/tokenizer.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model/expand.h"
+#include "model/llama_params.h"
+#include "model/llama_train.h"
+#include "model/weights.h"
+#include "tests/testing/data_util.h"
+#include "tests/testing/test_util.h"
+#include "train/checkpoint.h"
+#include "train/config.h"
+#include "train/trainer.h"
+
+namespace llamapro {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::ScratchDir;
+
+LlamaParams Load(const std::string& dir) {
+  auto config = LoadLlamaConfig(dir);
+  EXPECT_TRUE(config.ok()) << config.status();
+  auto reader = CheckpointReader::Open(dir);
+  EXPECT_TRUE(reader.ok()) << reader.status();
+  auto params = LoadLlamaParams(**reader, *config);
+  EXPECT_TRUE(params.ok()) << params.status();
+  return std::move(*params);
+}
+
+TrainableSet AllTrainable(const LlamaParams& p) {
+  return {.blocks = std::vector<bool>(p.blocks.size(), true),
+          .embeddings = true,
+          .final_norm = true,
+          .lm_head = true};
+}
+
+std::vector<int32_t> RandomTokens(int64_t count, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> out(count);
+  for (int32_t& t : out) t = token(rng);
+  return out;
+}
+
+double MaxAbs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, static_cast<double>(std::abs(x)));
+  return m;
+}
+
+// A freshly expanded 4 -> 6 block model (f32 weights).
+std::string ExpandedModel(const ScratchDir& dir, bool biases = false) {
+  SynthSpec spec = testing::SmallSpec(4, 2, 1, false, biases, DType::kF32, 3);
+  spec.vocab_size = 500;
+  testing::WriteCheckpoint(spec, dir.Join("base"));
+  ExpandOptions options;
+  options.model_dir = dir.Join("base");
+  options.out_dir = dir.Join("expanded");
+  options.spec.add_blocks = 2;
+  auto result = ExpandCheckpoint(options);
+  EXPECT_TRUE(result.ok()) << result.status();
+  return dir.Join("expanded");
+}
+
+TEST(TrainingPassTest, FirstStepOfAnExpandedModelMovesOnlyTheNewOutputProjections) {
+  ScratchDir dir;
+  LlamaParams params = Load(ExpandedModel(dir, /*biases=*/true));
+  TrainableSet set{.blocks = {false, false, true, false, false, true}};
+  ASSERT_TRUE(ApplyTrainableSet(set, &params).ok());
+  TrainingPass pass(&params, 2, 12);
+  EXPECT_EQ(pass.lowest_backward_block(), 2);
+  auto loss = pass.ForwardBackward(RandomTokens(2 * 13, 500, 1), {}, 1.0f / 24);
+  ASSERT_TRUE(loss.ok()) << loss.status();
+  for (int64_t b : {2, 5}) {
+    for (Parameter* p : params.blocks[b].All()) {
+      const bool output = p == &params.blocks[b].o_proj || p == &params.blocks[b].down_proj ||
+                          p == &params.blocks[b].o_bias || p == &params.blocks[b].down_bias;
+      if (output) {
+        EXPECT_GT(MaxAbs(p->grad), 1e-6) << p->name;
+      } else {
+        EXPECT_EQ(MaxAbs(p->grad), 0.0) << p->name << ": its branch output is still zero";
+      }
+    }
+  }
+  for (Parameter* p : params.All()) {
+    if (!p->trainable) {
+      EXPECT_TRUE(p->grad.empty()) << p->name << " has no gradient memory";
+    }
+  }
+}
+
+TEST(TrainingPassTest, FrozenAwareGradientsEqualThoseOfFullBackpropagation) {
+  ScratchDir dir;
+  testing::WriteCheckpoint(testing::SmallSpec(4, 4, 2, false, true, DType::kF32, 5), dir.Join("m"));
+  std::vector<int32_t> tokens = RandomTokens(3 * 10, 97, 2);
+  LlamaParams all = Load(dir.Join("m"));
+  ASSERT_TRUE(ApplyTrainableSet(AllTrainable(all), &all).ok());
+  TrainingPass full(&all, 3, 9);
+  auto full_loss = full.ForwardBackward(tokens, {}, 0.1f);
+  ASSERT_TRUE(full_loss.ok());
+
+  LlamaParams some = Load(dir.Join("m"));
+  ASSERT_TRUE(
+      ApplyTrainableSet({.blocks = {false, true, false, true}, .final_norm = true}, &some).ok());
+  TrainingPass frozen(&some, 3, 9);
+  EXPECT_EQ(frozen.lowest_backward_block(), 1);
+  EXPECT_LT(frozen.flops_per_token().backward, full.flops_per_token().backward * 0.8);
+  auto frozen_loss = frozen.ForwardBackward(tokens, {}, 0.1f);
+  ASSERT_TRUE(frozen_loss.ok());
+  EXPECT_EQ(frozen_loss->loss, full_loss->loss);
+  std::vector<Parameter*> a = all.All(), b = some.All();
+  for (size_t i = 0; i < a.size(); ++i) {
+    if (!b[i]->trainable) continue;
+    ASSERT_EQ(a[i]->grad.size(), b[i]->grad.size());
+    for (size_t k = 0; k < a[i]->grad.size(); ++k) {
+      ASSERT_NEAR(a[i]->grad[k], b[i]->grad[k], 1e-6 * (1 + std::abs(a[i]->grad[k])))
+          << a[i]->name << "[" << k << "]";
+    }
+  }
+}
+
+TEST(TrainingPassTest, GradientsMatchFiniteDifferencesOfTheLoss) {
+  ScratchDir dir;
+  SynthSpec spec = testing::SmallSpec(2, 2, 1, true, true, DType::kF32, 7);
+  spec.architecture = Architecture::kLlama;
+  testing::WriteCheckpoint(spec, dir.Join("m"));
+  LlamaParams params = Load(dir.Join("m"));
+  ASSERT_TRUE(ApplyTrainableSet(AllTrainable(params), &params).ok());
+  std::vector<int32_t> tokens = RandomTokens(2 * 7, 97, 3);
+  std::vector<uint8_t> mask(tokens.size(), 1);
+  mask[3] = 0;  // A masked target: excluded from the loss and its gradient.
+  TrainingPass pass(&params, 2, 6);
+  TrainingPass eval(&params, 2, 6, /*for_training=*/false);
+  ASSERT_TRUE(pass.ForwardBackward(tokens, mask, 1.0f).ok());
+  int checked = 0;
+  for (Parameter* p : params.All()) {
+    // The three largest gradient entries of each tensor.
+    std::vector<size_t> order(p->grad.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::partial_sort(
+        order.begin(), order.begin() + std::min<size_t>(3, order.size()), order.end(),
+        [&](size_t x, size_t y) { return std::abs(p->grad[x]) > std::abs(p->grad[y]); });
+    for (size_t j = 0; j < std::min<size_t>(3, order.size()); ++j) {
+      const size_t i = order[j];
+      const float saved = p->value[i];
+      const float eps = 1e-2f * std::max(1.0f, std::abs(saved));
+      p->value[i] = saved + eps;
+      const double up = eval.Evaluate(tokens, mask)->loss;
+      p->value[i] = saved - eps;
+      const double down = eval.Evaluate(tokens, mask)->loss;
+      p->value[i] = saved;
+      const double numeric = (up - down) / (2.0 * eps);
+      EXPECT_NEAR(p->grad[i], numeric, 2e-3 + 3e-2 * std::abs(numeric))
+          << p->name << "[" << i << "]";
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 30);
+}
+
+TEST(TrainingPassTest, FourMicroBatchesEqualOneBatchFourTimesTheSize) {
+  ScratchDir dir;
+  testing::WriteCheckpoint(testing::SmallSpec(3, 2, 2, false, false, DType::kF32, 9),
+                           dir.Join("m"));
+  std::vector<int32_t> tokens = RandomTokens(8 * 17, 97, 4);
+  LlamaParams big = Load(dir.Join("m"));
+  ASSERT_TRUE(ApplyTrainableSet(AllTrainable(big), &big).ok());
+  TrainingPass one(&big, 8, 16);
+  ASSERT_TRUE(one.ForwardBackward(tokens, {}, 1.0f / 128).ok());
+  LlamaParams small = Load(dir.Join("m"));
+  ASSERT_TRUE(ApplyTrainableSet(AllTrainable(small), &small).ok());
+  TrainingPass micro(&small, 2, 16);
+  for (int m = 0; m < 4; ++m) {
+    std::vector<int32_t> part(tokens.begin() + m * 2 * 17, tokens.begin() + (m + 1) * 2 * 17);
+    ASSERT_TRUE(micro.ForwardBackward(part, {}, 1.0f / 128).ok());
+  }
+  std::vector<Parameter*> a = big.All(), b = small.All();
+  for (size_t i = 0; i < a.size(); ++i) {
+    double diff = 0, norm = 0;
+    for (size_t k = 0; k < a[i]->grad.size(); ++k) {
+      diff += std::pow(a[i]->grad[k] - b[i]->grad[k], 2);
+      norm += std::pow(a[i]->grad[k], 2);
+    }
+    EXPECT_LE(std::sqrt(diff), 1e-6 * std::sqrt(norm) + 1e-12) << a[i]->name;
+  }
+}
+
+// --- Runs -----------------------------------------------------------------------------
+
+// A token store with one corpus of real text (this repository's documentation),
+// tokenized with the test tokenizer, and a config training `model` on it.
+struct TrainingSetup {
+  std::string store;
+  JobConfig config;
+};
+
+std::string RealText() {
+  std::string text;
+  for (const char* name : {"README.md", "docs/llamaproctl.md", "docs/data.md",
+                           "docs/checkpoints.md", "docs/architecture.md", "docs/build.md"}) {
+    auto content = ReadFile(std::string(LLAMAPRO_SOURCE_DIR) + "/" + name);
+    EXPECT_TRUE(content.ok()) << content.status();
+    text += *content + "\n";
+  }
+  return text;
+}
+
+struct SetupOptions {
+  std::string tokenizer = testing::TestTokenizerPath();
+  int64_t seq_len = 32;
+  int64_t sequences = 8;
+  int64_t micro_batch = 4;
+  double lr = 3e-3;
+};
+
+TrainingSetup MakeSetup(const ScratchDir& dir, const std::string& model, int64_t steps,
+                        const SetupOptions& options = {}) {
+  TrainingSetup setup;
+  setup.store = dir.Join("store");
+  testing::WriteBytes(dir.Join("docs.txt"), RealText());
+  IngestOptions ingest;
+  ingest.store_dir = setup.store;
+  ingest.corpus = "docs";
+  ingest.tokenizer = options.tokenizer;
+  ingest.inputs = {dir.Join("docs.txt")};
+  ingest.input.split_lines = true;
+  ingest.held_out = 0.1;
+  EXPECT_TRUE(Ingest(ingest, nullptr).ok());
+  const std::string yaml = absl::StrCat(
+      "model: ", model, "\noutput_dir: ", dir.Join("run"), "\ndata: {store: ", setup.store,
+      ", mixture: {docs: 1}, seq_len: ", options.seq_len, ", seed: 3}\n",
+      "optimizer: {name: adamw, lr: ", options.lr, ", weight_decay: 0.01, clip_grad_norm: 1.0}\n",
+      "schedule: {warmup_steps: 5, decay: cosine, min_lr: 1.0e-4}\n",
+      "batch: {sequences: ", options.sequences, ", micro_batch: ", options.micro_batch, "}\n",
+      "steps: ", steps, "\ncheckpoint: {interval: 0, keep: 2}\nthreads: 2\n");
+  auto config = ParseJobConfig(yaml, "test.yaml");
+  EXPECT_TRUE(config.ok()) << config.status();
+  setup.config = *config;
+  return setup;
+}
+
+std::string TinyModel(const ScratchDir& dir, const std::string& name, int layers,
+                      int64_t vocab = 500) {
+  SynthSpec spec;
+  spec.vocab_size = vocab;
+  spec.hidden_size = 64;
+  spec.intermediate_size = 128;
+  spec.num_hidden_layers = layers;
+  spec.num_attention_heads = 4;
+  spec.num_key_value_heads = 2;
+  spec.dtype = DType::kBF16;
+  spec.seed = 11;
+  testing::WriteCheckpoint(spec, dir.Join(name));
+  return dir.Join(name);
+}
+
+TEST(TrainerTest, TheLossOfATinyModelFallsSteadilyOnRealText) {
+  ScratchDir dir;
+  // A tokenizer for the text itself, like a real model's for its corpus.
+  testing::WriteBytes(dir.Join("train.txt"), RealText());
+  TokenizerTrainOptions tokenizer{.inputs = {dir.Join("train.txt")},
+                                  .vocab_size = 1000,
+                                  .out_dir = dir.Join("tok"),
+                                  .threads = 1};
+  ASSERT_TRUE(TrainTokenizer(tokenizer).ok());
+  TrainingSetup setup = MakeSetup(
+      dir, TinyModel(dir, "tiny", 2, 1000), 120,
+      {.tokenizer = dir.Join("tok"), .seq_len = 64, .sequences = 16, .micro_batch = 8, .lr = 1e-2});
+  std::vector<double> losses;
+  TrainOptions options;
+  options.on_step = [&](const TrainProgress& p) { losses.push_back(p.loss); };
+  auto summary = RunTraining(setup.config, options);
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  ASSERT_EQ(losses.size(), 120u);
+  // Every 20 steps the mean loss is lower than in the 20 before.
+  std::vector<double> means;
+  for (int from = 0; from < 120; from += 20) {
+    double s = 0;
+    for (int i = from; i < from + 20; ++i) s += losses[i];
+    means.push_back(s / 20);
+  }
+  for (size_t i = 1; i < means.size(); ++i) {
+    EXPECT_LT(means[i], means[i - 1]) << "steps " << 20 * i << ".." << 20 * i + 19;
+  }
+  EXPECT_LT(means.back(), 0.75 * losses[0]) << "from " << losses[0];
+  EXPECT_TRUE(PathExists(dir.Join("run/metrics.jsonl")));
+}
+
+std::map<std::string, std::string> DirectoryBytes(const std::string& dir) {
+  std::map<std::string, std::string> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    files[entry.path().filename().string()] = testing::ReadBytes(entry.path().string());
+  }
+  return files;
+}
+
+TEST(TrainerTest, ExpandedTrainingChangesOnlyTheNewBlocks) {
+  ScratchDir dir;
+  const std::string model = ExpandedModel(dir);
+  TrainingSetup setup = MakeSetup(dir, model, 6);
+  auto summary = RunTraining(setup.config, {});
+  ASSERT_TRUE(summary.ok()) << summary.status();
+  auto before = CheckpointReader::Open(model);
+  auto after = CheckpointReader::Open(summary->last_checkpoint);
+  ASSERT_TRUE(before.ok() && after.ok());
+  std::set<int64_t> changed_blocks;
+  for (const std::string& name : (*before)->names()) {
+    auto a = (*before)->Find(name);
+    auto b = (*after)->Find(name);
+    ASSERT_TRUE(b.has_value()) << name;
+    const bool same =
+        a->info->NumBytes() == b->info->NumBytes() &&
+        std::memcmp(a->file->Data(*a->info), b->file->Data(*b->info), a->info->NumBytes()) == 0;
+    auto layer = ParseLayerTensorName(name);
+    const bool is_new = layer && (layer->first == 2 || layer->first == 5);
+    if (!is_new) {
+      EXPECT_TRUE(same) << name << " is frozen and must be byte-identical";
+    } else if (!same) {
+      changed_blocks.insert(layer->first);
+    }
+  }
+  EXPECT_EQ(changed_blocks, (std::set<int64_t>{2, 5}));
+  // The checkpoint is a complete model directory.
+  for (const char* file : {"config.json", "llamapro.json", "trainer_state.json",
+                           "optimizer.safetensors", "generation_config.json"}) {
+    EXPECT_TRUE(PathExists(JoinPath(summary->last_checkpoint, file))) << file;
+  }
+}
+
+TEST(TrainerTest, StoppingAndResumingGivesByteIdenticalCheckpoints) {
+  ScratchDir dir;
+  const std::string model = ExpandedModel(dir);
+  TrainingSetup setup = MakeSetup(dir, model, 8);
+  setup.config.checkpoint.interval = 4;
+  setup.config.output_dir = dir.Join("straight");
+  auto straight = RunTraining(setup.config, {});
+  ASSERT_TRUE(straight.ok()) << straight.status();
+
+  setup.config.output_dir = dir.Join("resumed");
+  auto first = RunTraining(setup.config, {.stop_after_steps = 4});
+  ASSERT_TRUE(first.ok()) << first.status();
+  EXPECT_EQ(first->final_step, 4);
+  auto again = RunTraining(setup.config, {});
+  EXPECT_THAT(std::string(again.status().message()), HasSubstr("pass --resume"));
+  auto second = RunTraining(setup.config, {.resume = true});
+  ASSERT_TRUE(second.ok()) << second.status();
+  EXPECT_EQ(second->final_step, 8);
+  EXPECT_EQ(second->steps_run, 4);
+  auto a = DirectoryBytes(straight->last_checkpoint);
+  auto b = DirectoryBytes(second->last_checkpoint);
+  ASSERT_EQ(a.size(), b.size());
+  for (const auto& [name, bytes] : a) {
+    EXPECT_TRUE(b[name] == bytes) << name << " differs between the runs";
+  }
+  EXPECT_EQ(*ReadFile(dir.Join("resumed/latest")), CheckpointName(8) + "\n");
+  EXPECT_FALSE(PathExists(dir.Join("straight/" + CheckpointName(0))));
+
+  // A resume with other data settings is refused, naming the key.
+  setup.config.data.seq_len = 16;
+  setup.config.steps = 12;
+  auto changed = RunTraining(setup.config, {.resume = true});
+  EXPECT_THAT(std::string(changed.status().message()), HasSubstr("data.seq_len"));
+}
+
+TEST(TrainerTest, ConfigErrorsAgainstTheModelNameTheKey) {
+  ScratchDir dir;
+  const std::string plain = TinyModel(dir, "plain", 2);
+  TrainingSetup setup = MakeSetup(dir, plain, 6);
+  setup.config.trainable.mode = TrainableConfig::Mode::kExpanded;
+  setup.config.trainable.explicit_ = true;
+  EXPECT_THAT(std::string(RunTraining(setup.config, {}).status().message()),
+              HasSubstr("trainable: 'expanded' needs an expanded model"));
+  setup.config.trainable.mode = TrainableConfig::Mode::kLayers;
+  setup.config.trainable.layers = {5};
+  EXPECT_THAT(std::string(RunTraining(setup.config, {}).status().message()),
+              HasSubstr("trainable.layers: block 5 does not exist"));
+  setup.config.trainable.layers = {1};
+  setup.config.data.seq_len = 100000;
+  EXPECT_THAT(std::string(RunTraining(setup.config, {}).status().message()),
+              HasSubstr("data.seq_len: 100000 exceeds"));
+}
+
+}  // namespace
+}  // namespace llamapro

@@ -1,0 +1,257 @@
+#include "train/checkpoint.h"
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+#include <iterator>
+#include <map>
+#include <set>
+
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "base/file.h"
+#include "base/status_macros.h"
+#include "model/lineage.h"
+#include "nlohmann/json.hpp"
+
+namespace llamapro {
+namespace {
+
+using Json = nlohmann::ordered_json;
+constexpr char kStateFormat[] = "llamapro.trainer-state";
+constexpr char kMasterPrefix[] = "master.";
+
+absl::Status WriteWeights(const std::string& dir, LlamaParams& params,
+                          const CheckpointReader& source, uint64_t shard_bytes) {
+  std::map<std::string, Parameter*> by_name;
+  for (Parameter* p : params.All()) by_name[p->name] = p;
+  std::vector<TensorSpec> specs;
+  for (const std::string& name : source.names()) {
+    const TensorInfo& info = *source.Find(name)->info;
+    specs.push_back({name, info.dtype, info.shape});
+  }
+  LP_ASSIGN_OR_RETURN(auto writer, CheckpointWriter::Create(dir, specs, shard_bytes));
+  std::vector<uint8_t> buffer;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    LP_RETURN_IF_ERROR(writer->BeginTensor(i));
+    const TensorRef ref = *source.Find(specs[i].name);
+    auto it = by_name.find(specs[i].name);
+    if (it == by_name.end() || !it->second->trainable) {
+      // Frozen (or not a model parameter): the source bytes, unchanged.
+      LP_RETURN_IF_ERROR(writer->AppendFrom(ref.file->mapped().file(),
+                                            ref.file->FileOffset(*ref.info), ref.info->NumBytes()));
+      continue;
+    }
+    const Parameter& p = *it->second;
+    buffer.resize(p.value.size() * DTypeSize(specs[i].dtype));
+    if (!ConvertFromF32(p.value.data(), p.value.size(), specs[i].dtype, buffer.data())) {
+      return absl::InternalError(
+          absl::StrCat("cannot write ", p.name, " as ", DTypeName(specs[i].dtype)));
+    }
+    LP_RETURN_IF_ERROR(writer->Append(buffer.data(), buffer.size()));
+  }
+  return writer->Finish();
+}
+
+absl::Status WriteOptimizerState(const std::string& path, LlamaParams& params,
+                                 const Optimizer& optimizer) {
+  std::vector<std::pair<TensorSpec, const std::vector<float>*>> tensors;
+  for (Parameter* p : params.Trainable()) {
+    tensors.push_back({{absl::StrCat(kMasterPrefix, p->name),
+                        DType::kF32,
+                        {static_cast<int64_t>(p->value.size())}},
+                       &p->value});
+  }
+  for (const auto& [name, values] : optimizer.StateTensors()) {
+    tensors.push_back({{name, DType::kF32, {static_cast<int64_t>(values->size())}}, values});
+  }
+  std::vector<TensorSpec> specs;
+  for (const auto& [spec, values] : tensors) specs.push_back(spec);
+  LP_ASSIGN_OR_RETURN(auto writer,
+                      SafetensorsWriter::Create(path, specs,
+                                                {{"format", "pt"},
+                                                 {"llamapro", "optimizer-state"},
+                                                 {"optimizer", std::string(optimizer.name())},
+                                                 {"step", absl::StrCat(optimizer.step())}}));
+  for (const auto& [spec, values] : tensors) {
+    LP_RETURN_IF_ERROR(writer->Append(values->data(), values->size() * sizeof(float)));
+  }
+  return writer->Finish();
+}
+
+std::string SerializeState(const TrainerState& s) {
+  Json j;
+  j["format"] = kStateFormat;
+  j["version"] = 1;
+  j["step"] = s.step;
+  j["total_steps"] = s.total_steps;
+  j["next_sample"] = s.next_sample;
+  j["tokens"] = s.tokens;
+  j["learning_rate"] = s.learning_rate;
+  j["loss"] = s.loss;
+  j["seed"] = s.seed;
+  j["seq_len"] = s.seq_len;
+  j["global_sequences"] = s.global_sequences;
+  j["mixture"] = s.mixture;
+  j["optimizer"] = s.optimizer;
+  j["trainable"] = s.trainable;
+  return j.dump(2) + "\n";
+}
+
+// checkpoint-<digits> directories of `dir`, oldest first.
+std::vector<std::pair<int64_t, std::string>> ListCheckpoints(const std::string& dir) {
+  std::vector<std::pair<int64_t, std::string>> out;
+  std::error_code ec;
+  for (const auto& entry : std::filesystem::directory_iterator(dir, ec)) {
+    const std::string name = entry.path().filename().string();
+    int64_t step = 0;
+    if (entry.is_directory(ec) && absl::StartsWith(name, "checkpoint-") &&
+        absl::SimpleAtoi(name.substr(11), &step)) {
+      out.emplace_back(step, name);
+    }
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace
+
+std::string CheckpointName(int64_t step) { return absl::StrFormat("checkpoint-%06d", step); }
+
+absl::StatusOr<std::string> WriteTrainingCheckpoint(const CheckpointWriteOptions& options,
+                                                    const TrainerState& state, LlamaParams& params,
+                                                    const Optimizer& optimizer,
+                                                    const CheckpointReader& source) {
+  LP_RETURN_IF_ERROR(MakeDirs(options.output_dir));
+  const std::string name = CheckpointName(state.step);
+  const std::string final_dir = JoinPath(options.output_dir, name);
+  LP_ASSIGN_OR_RETURN(auto staging, StagingDir::Create(final_dir));
+  LP_RETURN_IF_ERROR(WriteWeights(staging->path(), params, source, options.shard_bytes));
+  LP_RETURN_IF_ERROR(
+      WriteFileAtomic(JoinPath(staging->path(), kConfigFile), SerializeLlamaConfig(params.config)));
+  LP_RETURN_IF_ERROR(
+      WriteOptimizerState(JoinPath(staging->path(), kOptimizerStateFile), params, optimizer));
+  LP_RETURN_IF_ERROR(
+      WriteFileAtomic(JoinPath(staging->path(), kTrainerStateFile), SerializeState(state)));
+  LP_RETURN_IF_ERROR(CopySideFiles(source.dir(), staging->path(),
+                                   {kConfigFile, kTrainerStateFile, kLatestFile}, nullptr,
+                                   nullptr));
+  // Re-writing an existing step (a rerun of the same interval) replaces it.
+  LP_RETURN_IF_ERROR(staging->Commit(/*replace_existing=*/true));
+  LP_RETURN_IF_ERROR(WriteFileAtomic(JoinPath(options.output_dir, kLatestFile), name + "\n"));
+  if (options.keep > 0) {
+    std::vector<std::pair<int64_t, std::string>> all = ListCheckpoints(options.output_dir);
+    for (size_t i = 0; i + options.keep < all.size(); ++i) {
+      if (all[i].second == name) continue;
+      LP_RETURN_IF_ERROR(RemoveAll(JoinPath(options.output_dir, all[i].second)));
+    }
+  }
+  return final_dir;
+}
+
+absl::StatusOr<std::string> LatestCheckpoint(const std::string& output_dir) {
+  const std::string path = JoinPath(output_dir, kLatestFile);
+  if (!PathExists(path)) {
+    return absl::NotFoundError(
+        absl::StrCat("no checkpoint to resume from: ", path, " does not exist"));
+  }
+  LP_ASSIGN_OR_RETURN(std::string name, ReadFile(path));
+  while (!name.empty() && (name.back() == '\n' || name.back() == ' ')) name.pop_back();
+  if (name.empty() || name.find('/') != std::string::npos) {
+    return absl::DataLossError(absl::StrCat(path, " does not name a checkpoint directory"));
+  }
+  const std::string dir = JoinPath(output_dir, name);
+  if (!PathExists(JoinPath(dir, kTrainerStateFile))) {
+    return absl::DataLossError(
+        absl::StrCat(path, " names ", dir, ", which is not a complete checkpoint"));
+  }
+  return dir;
+}
+
+absl::StatusOr<TrainerState> LoadTrainerState(const std::string& checkpoint_dir) {
+  const std::string path = JoinPath(checkpoint_dir, kTrainerStateFile);
+  LP_ASSIGN_OR_RETURN(std::string text, ReadFile(path));
+  try {
+    Json j = Json::parse(text);
+    if (j.value("format", "") != kStateFormat || j.value("version", 0) != 1) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ": not a llamapro trainer state"));
+    }
+    TrainerState s;
+    s.step = j.at("step");
+    s.total_steps = j.at("total_steps");
+    s.next_sample = j.at("next_sample");
+    s.tokens = j.at("tokens");
+    s.learning_rate = j.at("learning_rate");
+    s.loss = j.at("loss");
+    s.seed = j.at("seed");
+    s.seq_len = j.at("seq_len");
+    s.global_sequences = j.at("global_sequences");
+    s.mixture = j.at("mixture");
+    s.optimizer = j.at("optimizer");
+    s.trainable = j.at("trainable").get<std::vector<std::string>>();
+    return s;
+  } catch (const Json::exception& e) {
+    return absl::DataLossError(absl::StrCat(path, ": ", e.what()));
+  }
+}
+
+absl::Status LoadOptimizerState(const std::string& checkpoint_dir, LlamaParams* params,
+                                Optimizer* optimizer) {
+  const std::string path = JoinPath(checkpoint_dir, kOptimizerStateFile);
+  LP_ASSIGN_OR_RETURN(auto file, SafetensorsFile::Open(path));
+  std::set<std::string> masters;
+  for (const TensorInfo& t : file->tensors()) {
+    if (absl::StartsWith(t.name, kMasterPrefix)) masters.insert(t.name.substr(7));
+  }
+  std::set<std::string> trainable;
+  for (Parameter* p : params->Trainable()) trainable.insert(p->name);
+  if (masters != trainable) {
+    std::vector<std::string> only_here, only_there;
+    std::set_difference(trainable.begin(), trainable.end(), masters.begin(), masters.end(),
+                        std::back_inserter(only_here));
+    std::set_difference(masters.begin(), masters.end(), trainable.begin(), trainable.end(),
+                        std::back_inserter(only_there));
+    return absl::FailedPreconditionError(absl::StrCat(
+        path,
+        ": the checkpoint trained a different set of tensors (trainable now but not "
+        "then: ",
+        only_here.empty() ? "none" : absl::StrJoin(only_here, ", "),
+        "; then but not now: ", only_there.empty() ? "none" : absl::StrJoin(only_there, ", "),
+        "); resume with the same 'trainable:' setting"));
+  }
+  std::vector<float> values;
+  for (const TensorInfo& t : file->tensors()) {
+    values.resize(static_cast<size_t>(t.NumElements()));
+    if (t.dtype != DType::kF32) {
+      return absl::DataLossError(absl::StrCat(path, ": tensor '", t.name, "' is not F32"));
+    }
+    std::memcpy(values.data(), file->Data(t), t.NumBytes());
+    if (absl::StartsWith(t.name, kMasterPrefix)) {
+      const std::string name = t.name.substr(7);
+      for (Parameter* p : params->Trainable()) {
+        if (p->name != name) continue;
+        if (p->value.size() != values.size()) {
+          return absl::DataLossError(absl::StrCat(path, ": tensor '", t.name, "' has ",
+                                                  values.size(), " values, expected ",
+                                                  p->value.size()));
+        }
+        p->value = values;
+      }
+      continue;
+    }
+    LP_RETURN_IF_ERROR(optimizer->LoadStateTensor(t.name, values));
+  }
+  int64_t step = 0;
+  for (const auto& [key, value] : file->header().metadata) {
+    if (key == "step" && !absl::SimpleAtoi(value, &step)) {
+      return absl::DataLossError(absl::StrCat(path, ": bad step metadata '", value, "'"));
+    }
+  }
+  optimizer->set_step(step);
+  return absl::OkStatus();
+}
+
+}  // namespace llamapro

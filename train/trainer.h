@@ -1,0 +1,81 @@
+// The training loop: what `llamaproctl train` runs embedded, and what a
+// worker will run for a job. Loads the model, marks what trains, reads
+// samples from the token store, accumulates gradients over micro-batches,
+// clips, steps the optimizer on the schedule, evaluates held-out perplexity
+// (the forgetting monitor), logs metrics and writes checkpoints. A run is a
+// pure function of its config and inputs: resuming from a checkpoint
+// continues exactly as the uninterrupted run would have.
+#ifndef LLAMAPRO_TRAIN_TRAINER_H_
+#define LLAMAPRO_TRAIN_TRAINER_H_
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "eval/ppl.h"
+#include "model/llama_train.h"
+#include "train/config.h"
+
+namespace llamapro {
+
+struct TrainProgress {
+  int64_t step = 0;  // Steps completed.
+  int64_t total_steps = 0;
+  double loss = 0;
+  double learning_rate = 0;
+  double grad_norm = 0;          // Before clipping.
+  int64_t tokens = 0;            // Consumed so far.
+  double tokens_per_second = 0;  // Of the last step.
+  double seconds = 0;            // Since this invocation started.
+  double eta_seconds = 0;
+};
+
+struct EvalReport {
+  int64_t step = 0;
+  std::vector<PerplexityResult> results;
+};
+
+// What the run is about to do, reported once before the first step.
+struct TrainPlan {
+  int64_t total_parameters = 0;
+  int64_t trainable_parameters = 0;
+  std::vector<std::string> trainable_blocks;  // Human-readable ("4, 9, 14" or "all").
+  int64_t optimizer_state_bytes = 0;
+  uint64_t activation_bytes = 0;
+  FlopCount flops_per_token;
+  int64_t start_step = 0;
+  int64_t total_steps = 0;
+  bool resumed = false;
+  std::string resumed_from;
+};
+
+struct TrainOptions {
+  bool resume = false;           // Continue from output_dir/latest.
+  int64_t stop_after_steps = 0;  // > 0: checkpoint and stop after this many steps here.
+  std::function<void(const TrainPlan&)> on_plan;
+  std::function<void(const TrainProgress&)> on_step;  // Every log_interval steps.
+  std::function<void(const EvalReport&)> on_eval;
+  std::function<void(absl::string_view)> on_checkpoint;  // Directory written.
+};
+
+struct TrainSummary {
+  int64_t steps_run = 0;
+  int64_t final_step = 0;
+  double final_loss = 0;
+  std::string last_checkpoint;
+  double tokens_per_second = 0;  // Mean over the steps of this invocation.
+};
+
+// Errors name the config key, file or corpus at fault: a model without
+// llamapro.json under `trainable: expanded`, layers out of range, a corpus
+// missing from the store, a store tokenized with another tokenizer than the
+// model's, seq_len beyond the model's context, an output_dir that already
+// holds checkpoints without --resume, a resume with different data settings.
+absl::StatusOr<TrainSummary> RunTraining(const JobConfig& config, const TrainOptions& options);
+
+}  // namespace llamapro
+
+#endif  // LLAMAPRO_TRAIN_TRAINER_H_
