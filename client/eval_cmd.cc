@@ -18,6 +18,7 @@ struct PplFlags {
   std::string model, store;
   std::vector<std::string> corpora;
   int64_t seq_len = 2048, windows = 0, batch = 4;
+  int threads = 0;
   bool json = false;
 };
 
@@ -46,7 +47,7 @@ void RunPpl(const PplFlags& flags) {
       std::printf("%-20s perplexity %10.4f  nll %.4f  (%lld tokens in %lld windows of %lld)\n",
                   corpus.c_str(), result->perplexity, result->nll,
                   static_cast<long long>(result->targets), static_cast<long long>(result->windows),
-                  static_cast<long long>(flags.seq_len + 1));
+                  static_cast<long long>(flags.seq_len) + 1);
     }
   }
   if (flags.json) std::printf("%s\n", out.dump(2).c_str());
@@ -70,6 +71,7 @@ void AddEvalCommand(CLI::App& app) {
   ppl->add_option("--windows", flags->windows, "At most this many windows per corpus (0: all)")
       ->capture_default_str();
   ppl->add_option("--batch", flags->batch, "Windows per forward pass")->capture_default_str();
+  ppl->add_option("--threads", flags->threads, "Threads (0: all cores)")->capture_default_str();
   ppl->add_flag("--json", flags->json, "Print a JSON list");
   ppl->callback([flags] { RunPpl(*flags); });
 }

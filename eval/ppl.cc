@@ -35,7 +35,8 @@ absl::StatusOr<PerplexityResult> HeldOutPerplexity(LlamaParams* params, const To
   result.windows = windows;
   const int64_t width = options.seq_len + 1;
   const int64_t batch = std::min(options.batch, windows);
-  TrainingPass pass(params, batch, options.seq_len, /*for_training=*/false);
+  ParallelTrainingPass pass(params, batch, options.seq_len, options.threads,
+                            /*for_training=*/false);
   std::vector<int32_t> tokens(batch * width);
   std::vector<uint8_t> mask(batch * width);
   double loss = 0;

@@ -24,6 +24,7 @@ struct PerplexityOptions {
   int64_t seq_len = 2048;
   int64_t max_windows = 0;  // 0: every held-out window.
   int64_t batch = 4;        // Windows per forward pass.
+  int threads = 0;          // 0: all cores.
 };
 
 // Runs the model (fp32, forward only) over the first windows of `corpus`'s

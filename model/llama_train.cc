@@ -1,7 +1,13 @@
 #include "model/llama_train.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
 
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
@@ -13,14 +19,67 @@
 namespace llamapro {
 namespace {
 
-float* GradOf(Parameter& p) { return p.trainable ? p.grad.data() : nullptr; }
 const float* ValueOf(const Parameter& p) { return p.value.empty() ? nullptr : p.value.data(); }
 
 void AddTo(float* y, const std::vector<float>& x, int64_t n) { cpu::AddInPlace(y, x.data(), n); }
 
+// With LLAMAPRO_PROFILE=1 in the environment, wall time per op kind is
+// summed and printed to stderr at exit (a development aid; off by default,
+// and then costs one branch per op).
+class OpProfile {
+ public:
+  static OpProfile& Get() {
+    static OpProfile* profile = new OpProfile();
+    return *profile;
+  }
+  bool enabled() const { return enabled_; }
+  void Add(const char* name, double seconds) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto& [total, calls] = totals_[name];
+    total += seconds;
+    ++calls;
+  }
+
+ private:
+  OpProfile() : enabled_(std::getenv("LLAMAPRO_PROFILE") != nullptr) {
+    if (enabled_) std::atexit([] { Get().Print(); });
+  }
+  void Print() {
+    std::vector<std::pair<double, std::string>> rows;
+    double sum = 0;
+    for (const auto& [name, entry] : totals_) {
+      rows.emplace_back(entry.first, name);
+      sum += entry.first;
+    }
+    std::sort(rows.rbegin(), rows.rend());
+    std::fprintf(stderr, "op profile (wall seconds, %% of profiled time):\n");
+    for (const auto& [seconds, name] : rows) {
+      std::fprintf(stderr, "  %-28s %9.3f s  %5.1f%%  %lld calls\n", name.c_str(), seconds,
+                   100 * seconds / sum, static_cast<long long>(totals_[name].second));
+    }
+  }
+  bool enabled_;
+  std::mutex mutex_;
+  std::map<std::string, std::pair<double, int64_t>> totals_;
+};
+
+#define LP_OP(name, call)                                                                         \
+  do {                                                                                            \
+    if (OpProfile::Get().enabled()) [[unlikely]] {                                                \
+      const auto lp_op_start = std::chrono::steady_clock::now();                                  \
+      call;                                                                                       \
+      OpProfile::Get().Add(                                                                       \
+          name,                                                                                   \
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - lp_op_start).count()); \
+    } else {                                                                                      \
+      call;                                                                                       \
+    }                                                                                             \
+  } while (false)
+
 }  // namespace
 
-TrainingPass::TrainingPass(LlamaParams* params, int64_t batch, int64_t seq_len, bool for_training)
+TrainingPass::TrainingPass(LlamaParams* params, int64_t batch, int64_t seq_len, bool for_training,
+                           bool private_gradients)
     : params_(params),
       config_(params->config),
       batch_(batch),
@@ -91,7 +150,25 @@ TrainingPass::TrainingPass(LlamaParams* params, int64_t batch, int64_t seq_len, 
   attn_scratch_.resize(
       std::max(cpu::AttentionScratchSize(seq_len), cpu::AttentionBackwardScratchSize(seq_len)));
   lm_scratch_.resize(cpu::LmHeadScratchSize(config_.vocab_size));
+  if (private_gradients && for_training) {
+    for (Parameter* p : params->Trainable()) private_grads_[p].assign(p->value.size(), 0.0f);
+  }
   ComputeFlops();
+}
+
+float* TrainingPass::Grad(Parameter& p) {
+  if (!p.trainable) return nullptr;
+  if (private_grads_.empty()) return p.grad.data();
+  return private_grads_.at(&p).data();
+}
+
+std::vector<float>* TrainingPass::private_gradient(const Parameter* p) {
+  auto it = private_grads_.find(p);
+  return it == private_grads_.end() ? nullptr : &it->second;
+}
+
+void TrainingPass::ZeroPrivateGradients() {
+  for (auto& [param, grad] : private_grads_) std::fill(grad.begin(), grad.end(), 0.0f);
 }
 
 uint64_t TrainingPass::ActivationBytes() const {
@@ -104,6 +181,7 @@ uint64_t TrainingPass::ActivationBytes() const {
   };
   for (const BlockActivations& a : saved_) add(a);
   add(scratch_);
+  for (const auto& [param, grad] : private_grads_) floats += grad.size();
   for (const std::vector<float>* v :
        {&x_, &x_final_, &xn_final_, &inv_final_, &dres_, &dxn_, &dtmp_, &dq_, &dk_, &dv_, &dattn_,
         &dact_, &dgate_, &dup_, &act_, &attn_scratch_, &lm_scratch_}) {
@@ -174,34 +252,45 @@ void TrainingPass::BlockForward(int64_t layer, BlockActivations* saved, float* x
   const int64_t d = config_.head_dim;
   const float eps = static_cast<float>(config_.rms_norm_eps);
   if (saved != nullptr) std::memcpy(a.x_in.data(), x, n * c * sizeof(float));
-  cpu::RmsNormForward(x, b.input_norm.value.data(), a.xn1.data(), a.inv1.data(), n, c, eps);
-  cpu::Linear(a.xn1.data(), b.q_proj.value.data(), ValueOf(b.q_bias), a.q.data(), n, c, h * d);
-  cpu::Linear(a.xn1.data(), b.k_proj.value.data(), ValueOf(b.k_bias), a.k.data(), n, c, hkv * d);
-  cpu::Linear(a.xn1.data(), b.v_proj.value.data(), ValueOf(b.v_bias), a.v.data(), n, c, hkv * d);
-  cpu::ApplyRope(a.q.data(), cos_.data(), sin_.data(), batch_, seq_len_, h, d);
-  cpu::ApplyRope(a.k.data(), cos_.data(), sin_.data(), batch_, seq_len_, hkv, d);
-  cpu::AttentionForward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), batch_,
-                        seq_len_, h, hkv, d, config_.sliding_window, attn_scratch_.data());
-  cpu::Linear(a.attn.data(), b.o_proj.value.data(), ValueOf(b.o_bias), dtmp_.data(), n, h * d, c);
-  cpu::AddInPlace(x, dtmp_.data(), n * c);
+  LP_OP("rmsnorm fwd",
+        cpu::RmsNormForward(x, b.input_norm.value.data(), a.xn1.data(), a.inv1.data(), n, c, eps));
+  LP_OP("gemm fwd", cpu::Linear(a.xn1.data(), b.q_proj.value.data(), ValueOf(b.q_bias), a.q.data(),
+                                n, c, h * d));
+  LP_OP("gemm fwd", cpu::Linear(a.xn1.data(), b.k_proj.value.data(), ValueOf(b.k_bias), a.k.data(),
+                                n, c, hkv * d));
+  LP_OP("gemm fwd", cpu::Linear(a.xn1.data(), b.v_proj.value.data(), ValueOf(b.v_bias), a.v.data(),
+                                n, c, hkv * d));
+  LP_OP("rope", cpu::ApplyRope(a.q.data(), cos_.data(), sin_.data(), batch_, seq_len_, h, d));
+  LP_OP("rope", cpu::ApplyRope(a.k.data(), cos_.data(), sin_.data(), batch_, seq_len_, hkv, d));
+  LP_OP("attention fwd", cpu::AttentionForward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(),
+                                               a.lse.data(), batch_, seq_len_, h, hkv, d,
+                                               config_.sliding_window, attn_scratch_.data()));
+  LP_OP("gemm fwd", cpu::Linear(a.attn.data(), b.o_proj.value.data(), ValueOf(b.o_bias),
+                                dtmp_.data(), n, h * d, c));
+  LP_OP("add", cpu::AddInPlace(x, dtmp_.data(), n * c));
   if (saved != nullptr) std::memcpy(a.x_mid.data(), x, n * c * sizeof(float));
-  cpu::RmsNormForward(x, b.post_norm.value.data(), a.xn2.data(), a.inv2.data(), n, c, eps);
-  cpu::Linear(a.xn2.data(), b.gate_proj.value.data(), ValueOf(b.gate_bias), a.gate.data(), n, c, f);
-  cpu::Linear(a.xn2.data(), b.up_proj.value.data(), ValueOf(b.up_bias), a.up.data(), n, c, f);
-  cpu::SiluMul(a.gate.data(), a.up.data(), act_.data(), n * f);
-  cpu::Linear(act_.data(), b.down_proj.value.data(), ValueOf(b.down_bias), dtmp_.data(), n, f, c);
-  cpu::AddInPlace(x, dtmp_.data(), n * c);
+  LP_OP("rmsnorm fwd",
+        cpu::RmsNormForward(x, b.post_norm.value.data(), a.xn2.data(), a.inv2.data(), n, c, eps));
+  LP_OP("gemm fwd", cpu::Linear(a.xn2.data(), b.gate_proj.value.data(), ValueOf(b.gate_bias),
+                                a.gate.data(), n, c, f));
+  LP_OP("gemm fwd", cpu::Linear(a.xn2.data(), b.up_proj.value.data(), ValueOf(b.up_bias),
+                                a.up.data(), n, c, f));
+  LP_OP("silu-mul fwd", cpu::SiluMul(a.gate.data(), a.up.data(), act_.data(), n * f));
+  LP_OP("gemm fwd", cpu::Linear(act_.data(), b.down_proj.value.data(), ValueOf(b.down_bias),
+                                dtmp_.data(), n, f, c));
+  LP_OP("add", cpu::AddInPlace(x, dtmp_.data(), n * c));
 }
 
 LossSum TrainingPass::Forward(bool keep_final) {
   const int64_t n = rows_, c = config_.hidden_size;
-  cpu::Embedding(params_->embed.value.data(), inputs_.data(), x_.data(), n, c);
+  LP_OP("embedding", cpu::Embedding(params_->embed.value.data(), inputs_.data(), x_.data(), n, c));
   for (int64_t i = 0; i < static_cast<int64_t>(params_->blocks.size()); ++i) {
     BlockForward(i, i >= lowest_ ? &saved_[i] : nullptr, x_.data());
   }
   if (keep_final) std::memcpy(x_final_.data(), x_.data(), n * c * sizeof(float));
-  cpu::RmsNormForward(x_.data(), params_->final_norm.value.data(), xn_final_.data(),
-                      inv_final_.data(), n, c, static_cast<float>(config_.rms_norm_eps));
+  LP_OP("rmsnorm fwd",
+        cpu::RmsNormForward(x_.data(), params_->final_norm.value.data(), xn_final_.data(),
+                            inv_final_.data(), n, c, static_cast<float>(config_.rms_norm_eps)));
   LossSum sum;
   for (uint8_t m : target_mask_) sum.targets += m;
   return sum;
@@ -216,42 +305,48 @@ void TrainingPass::BlockBackward(int64_t layer, bool need_input_grad, float* dre
 
   // MLP branch: x_out = x_mid + down(silu(gate) * up).
   if (b.down_proj.trainable) cpu::SiluMul(a.gate.data(), a.up.data(), act_.data(), n * f);
-  cpu::LinearBackward(dres, act_.data(), b.down_proj.value.data(), dact_.data(),
-                      GradOf(b.down_proj), GradOf(b.down_bias), n, f, c);
-  cpu::SiluMulBackward(a.gate.data(), a.up.data(), dact_.data(), dgate_.data(), dup_.data(), n * f);
-  cpu::LinearBackward(dgate_.data(), a.xn2.data(), b.gate_proj.value.data(), dxn_.data(),
-                      GradOf(b.gate_proj), GradOf(b.gate_bias), n, c, f);
-  cpu::LinearBackward(dup_.data(), a.xn2.data(), b.up_proj.value.data(), dtmp_.data(),
-                      GradOf(b.up_proj), GradOf(b.up_bias), n, c, f);
-  AddTo(dxn_.data(), dtmp_, n * c);
-  cpu::RmsNormBackward(dxn_.data(), a.x_mid.data(), b.post_norm.value.data(), a.inv2.data(),
-                       dtmp_.data(), GradOf(b.post_norm), n, c);
-  AddTo(dres, dtmp_, n * c);  // Now d(x_mid).
+  LP_OP("gemm bwd", cpu::LinearBackward(dres, act_.data(), b.down_proj.value.data(), dact_.data(),
+                                        Grad(b.down_proj), Grad(b.down_bias), n, f, c));
+  LP_OP("silu-mul bwd", cpu::SiluMulBackward(a.gate.data(), a.up.data(), dact_.data(),
+                                             dgate_.data(), dup_.data(), n * f));
+  LP_OP("gemm bwd",
+        cpu::LinearBackward(dgate_.data(), a.xn2.data(), b.gate_proj.value.data(), dxn_.data(),
+                            Grad(b.gate_proj), Grad(b.gate_bias), n, c, f));
+  LP_OP("gemm bwd", cpu::LinearBackward(dup_.data(), a.xn2.data(), b.up_proj.value.data(),
+                                        dtmp_.data(), Grad(b.up_proj), Grad(b.up_bias), n, c, f));
+  LP_OP("add", AddTo(dxn_.data(), dtmp_, n * c));
+  LP_OP("rmsnorm bwd", cpu::RmsNormBackward(dxn_.data(), a.x_mid.data(), b.post_norm.value.data(),
+                                            a.inv2.data(), dtmp_.data(), Grad(b.post_norm), n, c));
+  LP_OP("add", AddTo(dres, dtmp_, n * c));  // Now d(x_mid).
 
   // Attention branch: x_mid = x_in + o(attention(rope(q), rope(k), v)).
-  cpu::LinearBackward(dres, a.attn.data(), b.o_proj.value.data(), dattn_.data(), GradOf(b.o_proj),
-                      GradOf(b.o_bias), n, h * d, c);
-  cpu::AttentionBackward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(),
-                         dattn_.data(), dq_.data(), dk_.data(), dv_.data(), batch_, seq_len_, h,
-                         hkv, d, config_.sliding_window, attn_scratch_.data());
-  cpu::ApplyRopeBackward(dq_.data(), cos_.data(), sin_.data(), batch_, seq_len_, h, d);
-  cpu::ApplyRopeBackward(dk_.data(), cos_.data(), sin_.data(), batch_, seq_len_, hkv, d);
+  LP_OP("gemm bwd", cpu::LinearBackward(dres, a.attn.data(), b.o_proj.value.data(), dattn_.data(),
+                                        Grad(b.o_proj), Grad(b.o_bias), n, h * d, c));
+  LP_OP("attention bwd",
+        cpu::AttentionBackward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(),
+                               dattn_.data(), dq_.data(), dk_.data(), dv_.data(), batch_, seq_len_,
+                               h, hkv, d, config_.sliding_window, attn_scratch_.data()));
+  LP_OP("rope bwd",
+        cpu::ApplyRopeBackward(dq_.data(), cos_.data(), sin_.data(), batch_, seq_len_, h, d));
+  LP_OP("rope bwd",
+        cpu::ApplyRopeBackward(dk_.data(), cos_.data(), sin_.data(), batch_, seq_len_, hkv, d));
   const bool need_dxn1 = need_input_grad || b.input_norm.trainable;
-  cpu::LinearBackward(dq_.data(), a.xn1.data(), b.q_proj.value.data(),
-                      need_dxn1 ? dxn_.data() : nullptr, GradOf(b.q_proj), GradOf(b.q_bias), n, c,
-                      h * d);
-  cpu::LinearBackward(dk_.data(), a.xn1.data(), b.k_proj.value.data(),
-                      need_dxn1 ? dtmp_.data() : nullptr, GradOf(b.k_proj), GradOf(b.k_bias), n, c,
-                      hkv * d);
-  if (need_dxn1) AddTo(dxn_.data(), dtmp_, n * c);
-  cpu::LinearBackward(dv_.data(), a.xn1.data(), b.v_proj.value.data(),
-                      need_dxn1 ? dtmp_.data() : nullptr, GradOf(b.v_proj), GradOf(b.v_bias), n, c,
-                      hkv * d);
+  LP_OP("gemm bwd", cpu::LinearBackward(dq_.data(), a.xn1.data(), b.q_proj.value.data(),
+                                        need_dxn1 ? dxn_.data() : nullptr, Grad(b.q_proj),
+                                        Grad(b.q_bias), n, c, h * d));
+  LP_OP("gemm bwd", cpu::LinearBackward(dk_.data(), a.xn1.data(), b.k_proj.value.data(),
+                                        need_dxn1 ? dtmp_.data() : nullptr, Grad(b.k_proj),
+                                        Grad(b.k_bias), n, c, hkv * d));
+  if (need_dxn1) LP_OP("add", AddTo(dxn_.data(), dtmp_, n * c));
+  LP_OP("gemm bwd", cpu::LinearBackward(dv_.data(), a.xn1.data(), b.v_proj.value.data(),
+                                        need_dxn1 ? dtmp_.data() : nullptr, Grad(b.v_proj),
+                                        Grad(b.v_bias), n, c, hkv * d));
   if (!need_dxn1) return;
-  AddTo(dxn_.data(), dtmp_, n * c);
-  cpu::RmsNormBackward(dxn_.data(), a.x_in.data(), b.input_norm.value.data(), a.inv1.data(),
-                       need_input_grad ? dtmp_.data() : nullptr, GradOf(b.input_norm), n, c);
-  if (need_input_grad) AddTo(dres, dtmp_, n * c);  // Now d(x_in).
+  LP_OP("add", AddTo(dxn_.data(), dtmp_, n * c));
+  LP_OP("rmsnorm bwd",
+        cpu::RmsNormBackward(dxn_.data(), a.x_in.data(), b.input_norm.value.data(), a.inv1.data(),
+                             need_input_grad ? dtmp_.data() : nullptr, Grad(b.input_norm), n, c));
+  if (need_input_grad) LP_OP("add", AddTo(dres, dtmp_, n * c));  // Now d(x_in).
 }
 
 absl::StatusOr<LossSum> TrainingPass::ForwardBackward(std::span<const int32_t> tokens,
@@ -266,19 +361,22 @@ absl::StatusOr<LossSum> TrainingPass::ForwardBackward(std::span<const int32_t> t
   const int64_t layers = static_cast<int64_t>(params_->blocks.size());
   const bool head_dx = lowest_ < layers || params_->final_norm.trainable;
   Parameter& head = params_->Head();
-  sum.loss = cpu::LmHeadCrossEntropy(xn_final_.data(), head.value.data(), targets_.data(),
-                                     all_targets_ ? nullptr : target_mask_.data(), grad_scale,
-                                     head_dx ? dxn_.data() : nullptr, GradOf(head), n, c,
-                                     config_.vocab_size, lm_scratch_.data());
+  LP_OP("lm head + loss",
+        sum.loss = cpu::LmHeadCrossEntropy(xn_final_.data(), head.value.data(), targets_.data(),
+                                           all_targets_ ? nullptr : target_mask_.data(), grad_scale,
+                                           head_dx ? dxn_.data() : nullptr, Grad(head), n, c,
+                                           config_.vocab_size, lm_scratch_.data()));
   if (!head_dx) return sum;
-  cpu::RmsNormBackward(dxn_.data(), x_final_.data(), params_->final_norm.value.data(),
-                       inv_final_.data(), lowest_ < layers ? dres_.data() : nullptr,
-                       GradOf(params_->final_norm), n, c);
+  LP_OP("rmsnorm bwd",
+        cpu::RmsNormBackward(dxn_.data(), x_final_.data(), params_->final_norm.value.data(),
+                             inv_final_.data(), lowest_ < layers ? dres_.data() : nullptr,
+                             Grad(params_->final_norm), n, c));
   for (int64_t i = layers - 1; i >= lowest_; --i) {
     BlockBackward(i, /*need_input_grad=*/i > lowest_ || embed_grad_, dres_.data());
   }
   if (embed_grad_) {
-    cpu::EmbeddingBackward(dres_.data(), inputs_.data(), params_->embed.grad.data(), n, c);
+    LP_OP("embedding bwd",
+          cpu::EmbeddingBackward(dres_.data(), inputs_.data(), params_->embed.grad.data(), n, c));
   }
   return sum;
 }
@@ -287,11 +385,98 @@ absl::StatusOr<LossSum> TrainingPass::Evaluate(std::span<const int32_t> tokens,
                                                std::span<const uint8_t> mask) {
   LP_RETURN_IF_ERROR(Prepare(tokens, mask));
   LossSum sum = Forward(/*keep_final=*/false);
-  sum.loss =
-      cpu::LmHeadCrossEntropy(xn_final_.data(), params_->Head().value.data(), targets_.data(),
+  LP_OP("lm head + loss", sum.loss = cpu::LmHeadCrossEntropy(
+                              xn_final_.data(), params_->Head().value.data(), targets_.data(),
                               all_targets_ ? nullptr : target_mask_.data(), 1.0f, nullptr, nullptr,
-                              rows_, config_.hidden_size, config_.vocab_size, lm_scratch_.data());
+                              rows_, config_.hidden_size, config_.vocab_size, lm_scratch_.data()));
   return sum;
+}
+
+ParallelTrainingPass::ParallelTrainingPass(LlamaParams* params, int64_t batch, int64_t seq_len,
+                                           int threads, bool for_training)
+    : params_(params), seq_len_(seq_len) {
+  threads_ = threads > 0 ? threads : HardwareThreads();
+  const int64_t shards = std::max<int64_t>(1, std::min<int64_t>(threads_, batch));
+  int64_t row = 0;
+  for (int64_t s = 0; s < shards; ++s) {
+    first_row_.push_back(row);
+    const int64_t rows = batch / shards + (s < batch % shards ? 1 : 0);
+    shards_.push_back(std::make_unique<TrainingPass>(params, rows, seq_len, for_training,
+                                                     /*private_gradients=*/s > 0));
+    row += rows;
+  }
+  first_row_.push_back(row);
+  pool_ = std::make_unique<ForkJoinPool>(static_cast<int>(shards));
+}
+
+ParallelTrainingPass::~ParallelTrainingPass() = default;
+
+uint64_t ParallelTrainingPass::ActivationBytes() const {
+  uint64_t bytes = 0;
+  for (const auto& shard : shards_) bytes += shard->ActivationBytes();
+  return bytes;
+}
+
+absl::StatusOr<LossSum> ParallelTrainingPass::RunShards(std::span<const int32_t> tokens,
+                                                        std::span<const uint8_t> mask,
+                                                        bool backward, float grad_scale) {
+  const int64_t width = seq_len_ + 1;
+  if (static_cast<int64_t>(tokens.size()) != first_row_.back() * width) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expected ", first_row_.back(), " x ", width, " tokens, got ", tokens.size()));
+  }
+  if (!mask.empty() && mask.size() != tokens.size()) {
+    return absl::InvalidArgumentError("the loss mask and the tokens differ in size");
+  }
+  // GEMMs single-threaded inside each shard; all threads when one shard runs.
+  cpu::SetNumThreads(shards_.size() == 1 ? threads_ : 1);
+  std::vector<absl::StatusOr<LossSum>> results(shards_.size(), LossSum{});
+  pool_->Run([&](int s) {
+    if (shards_.size() > 1) cpu::SetNumThreads(1);  // This thread's GEMMs (oneDNN: per thread).
+    const size_t begin = static_cast<size_t>(first_row_[s] * width);
+    const size_t size = static_cast<size_t>((first_row_[s + 1] - first_row_[s]) * width);
+    std::span<const int32_t> shard_tokens = tokens.subspan(begin, size);
+    std::span<const uint8_t> shard_mask =
+        mask.empty() ? std::span<const uint8_t>() : mask.subspan(begin, size);
+    if (backward) {
+      if (s > 0) shards_[s]->ZeroPrivateGradients();
+      results[s] = shards_[s]->ForwardBackward(shard_tokens, shard_mask, grad_scale);
+    } else {
+      results[s] = shards_[s]->Evaluate(shard_tokens, shard_mask);
+    }
+  });
+  LossSum total;
+  for (const absl::StatusOr<LossSum>& r : results) {
+    LP_RETURN_IF_ERROR(r.status());
+    total.loss += r->loss;
+    total.targets += r->targets;
+  }
+  if (backward && shards_.size() > 1) {
+    // Sum the other shards' gradients into Parameter::grad, shard by shard
+    // in order, the parameters split among the threads.
+    std::vector<Parameter*> trainable = params_->Trainable();
+    pool_->Run([&](int t) {
+      for (size_t i = static_cast<size_t>(t); i < trainable.size(); i += shards_.size()) {
+        Parameter* p = trainable[i];
+        for (size_t s = 1; s < shards_.size(); ++s) {
+          cpu::AddInPlace(p->grad.data(), shards_[s]->private_gradient(p)->data(),
+                          p->NumElements());
+        }
+      }
+    });
+  }
+  return total;
+}
+
+absl::StatusOr<LossSum> ParallelTrainingPass::ForwardBackward(std::span<const int32_t> tokens,
+                                                              std::span<const uint8_t> mask,
+                                                              float grad_scale) {
+  return RunShards(tokens, mask, /*backward=*/true, grad_scale);
+}
+
+absl::StatusOr<LossSum> ParallelTrainingPass::Evaluate(std::span<const int32_t> tokens,
+                                                       std::span<const uint8_t> mask) {
+  return RunShards(tokens, mask, /*backward=*/false, 0.0f);
 }
 
 }  // namespace llamapro

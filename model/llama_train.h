@@ -12,10 +12,13 @@
 #define LLAMAPRO_MODEL_LLAMA_TRAIN_H_
 
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <span>
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/parallel.h"
 #include "model/llama_params.h"
 
 namespace llamapro {
@@ -39,7 +42,11 @@ struct FlopCount {
 // must outlive the pass.
 class TrainingPass {
  public:
-  TrainingPass(LlamaParams* params, int64_t batch, int64_t seq_len, bool for_training = true);
+  // With `private_gradients`, gradients go to buffers of this pass (see
+  // private_gradient) instead of Parameter::grad: several passes can then
+  // run concurrently on shards of a batch (ParallelTrainingPass).
+  TrainingPass(LlamaParams* params, int64_t batch, int64_t seq_len, bool for_training = true,
+               bool private_gradients = false);
 
   // `tokens` holds batch rows of seq_len + 1 ids: row b's inputs are its
   // first seq_len ids, its targets the last seq_len. `mask` (same layout, or
@@ -50,6 +57,12 @@ class TrainingPass {
                                           std::span<const uint8_t> mask, float grad_scale);
   // The loss sum only (evaluation); no gradients, nothing kept.
   absl::StatusOr<LossSum> Evaluate(std::span<const int32_t> tokens, std::span<const uint8_t> mask);
+
+  // The private gradient buffer of a trainable parameter (nullptr without
+  // private gradients or for a frozen parameter).
+  std::vector<float>* private_gradient(const Parameter* p);
+  // Zeroes every private gradient buffer.
+  void ZeroPrivateGradients();
 
   const FlopCount& flops_per_token() const { return flops_; }
   // The lowest block that is differentiated (num blocks when none is).
@@ -69,6 +82,7 @@ class TrainingPass {
   // w.r.t. its input when `need_input_grad`.
   void BlockBackward(int64_t layer, bool need_input_grad, float* dres);
   void ComputeFlops();
+  float* Grad(Parameter& p);
 
   LlamaParams* params_;
   LlamaConfig config_;
@@ -86,7 +100,39 @@ class TrainingPass {
   // Backward work space.
   std::vector<float> dres_, dxn_, dtmp_, dq_, dk_, dv_, dattn_, dact_, dgate_, dup_, act_;
   std::vector<float> attn_scratch_, lm_scratch_;
+  std::map<const Parameter*, std::vector<float>> private_grads_;
   FlopCount flops_;
+};
+
+// A TrainingPass split over threads by sequences: `threads` shards (at most
+// one per sequence of the batch), each a TrainingPass on its rows running on
+// its own thread with single-threaded GEMMs; weight gradients are summed
+// into Parameter::grad in a fixed order after each call, so results are
+// deterministic for a given thread count. Same contract as TrainingPass.
+class ParallelTrainingPass {
+ public:
+  ParallelTrainingPass(LlamaParams* params, int64_t batch, int64_t seq_len, int threads,
+                       bool for_training = true);
+  ~ParallelTrainingPass();
+
+  absl::StatusOr<LossSum> ForwardBackward(std::span<const int32_t> tokens,
+                                          std::span<const uint8_t> mask, float grad_scale);
+  absl::StatusOr<LossSum> Evaluate(std::span<const int32_t> tokens, std::span<const uint8_t> mask);
+
+  const FlopCount& flops_per_token() const { return shards_.front()->flops_per_token(); }
+  int64_t lowest_backward_block() const { return shards_.front()->lowest_backward_block(); }
+  uint64_t ActivationBytes() const;
+  int shards() const { return static_cast<int>(shards_.size()); }
+
+ private:
+  absl::StatusOr<LossSum> RunShards(std::span<const int32_t> tokens, std::span<const uint8_t> mask,
+                                    bool backward, float grad_scale);
+  LlamaParams* params_;
+  int64_t seq_len_;
+  int threads_;
+  std::vector<int64_t> first_row_;  // Per shard, its first sequence; plus the end.
+  std::vector<std::unique_ptr<TrainingPass>> shards_;
+  std::unique_ptr<ForkJoinPool> pool_;
 };
 
 }  // namespace llamapro

@@ -22,7 +22,7 @@ packages=(
   build-essential cmake ninja-build pkg-config git clang libclang-rt-14-dev clang-format
   clang-tidy dpkg-dev
   # Libraries of the engine and the CLI.
-  libabsl-dev nlohmann-json3-dev libcli11-dev libopenblas-dev libzstd-dev zlib1g-dev
+  libabsl-dev nlohmann-json3-dev libcli11-dev libopenblas-dev libdnnl-dev libzstd-dev zlib1g-dev
   libyaml-cpp-dev
   # Services (control plane): gRPC, protobuf, RocksDB, Gloo, Prometheus client.
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler librocksdb-dev

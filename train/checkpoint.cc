@@ -69,6 +69,7 @@ absl::Status WriteOptimizerState(const std::string& path, LlamaParams& params,
     tensors.push_back({{name, DType::kF32, {static_cast<int64_t>(values->size())}}, values});
   }
   std::vector<TensorSpec> specs;
+  specs.reserve(tensors.size());
   for (const auto& [spec, values] : tensors) specs.push_back(spec);
   LP_ASSIGN_OR_RETURN(auto writer,
                       SafetensorsWriter::Create(path, specs,

@@ -13,7 +13,7 @@
 #include "data/sampler.h"
 #include "data/store.h"
 #include "data/tokenizer.h"
-#include "kernels/cpu/ops.h"
+#include "kernels/cpu/blas.h"
 #include "model/lineage.h"
 #include "nlohmann/json.hpp"
 #include "train/checkpoint.h"
@@ -133,7 +133,6 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& config, const TrainOpt
   if (config.device != "cpu") {
     return ConfigError(config, "device", "only 'cpu' is available in this build");
   }
-  if (config.threads > 0) cpu::SetNumThreads(config.threads);
 
   // Where to start: the model, or the latest checkpoint of this run.
   std::string load_dir = config.model;
@@ -215,7 +214,7 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& config, const TrainOpt
   std::vector<Parameter*> trainable_params = params.Trainable();
   LP_ASSIGN_OR_RETURN(auto optimizer, MakeOptimizer(config.optimizer, trainable_params));
   if (resumed) LP_RETURN_IF_ERROR(LoadOptimizerState(load_dir, &params, optimizer.get()));
-  TrainingPass pass(&params, micro, config.data.seq_len);
+  ParallelTrainingPass pass(&params, micro, config.data.seq_len, config.threads);
 
   TrainPlan plan;
   plan.total_parameters = params.TotalParameters();
@@ -240,6 +239,8 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& config, const TrainOpt
   plan.total_steps = config.steps;
   plan.resumed = resumed.has_value();
   plan.resumed_from = resumed ? load_dir : "";
+  plan.blas = cpu::BlasDescription();
+  plan.shards = pass.shards();
   if (options.on_plan) options.on_plan(plan);
 
   LP_RETURN_IF_ERROR(MakeDirs(config.output_dir));

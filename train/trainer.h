@@ -50,6 +50,8 @@ struct TrainPlan {
   int64_t total_steps = 0;
   bool resumed = false;
   std::string resumed_from;
+  std::string blas;  // The GEMM library in use.
+  int shards = 1;    // Threads each micro-batch is split over.
 };
 
 struct TrainOptions {

@@ -97,9 +97,9 @@ void AttentionBackward(const float* q, const float* k, const float* v, const flo
 // dtable[tokens[r]] += dx[r] for each row (accumulated).
 void EmbeddingBackward(const float* dx, const int32_t* tokens, float* dtable, int64_t n, int64_t c);
 
-// Rows of logits processed at once by LmHeadCrossEntropy (its scratch is
-// LmHeadScratchSize(v) floats).
-inline constexpr int64_t kLmHeadChunkRows = 64;
+// Rows of logits LmHeadCrossEntropy processes at once for a vocabulary of v
+// (at most 256, within 8 MB), and its scratch: LmHeadScratchSize(v) floats.
+int64_t LmHeadChunkRows(int64_t v);
 int64_t LmHeadScratchSize(int64_t v);
 // Fused lm_head + cross-entropy with a loss mask, chunked over rows so the
 // [N, V] logits never exist at once. For each row r with mask[r] != 0:

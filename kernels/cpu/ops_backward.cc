@@ -2,7 +2,6 @@
 // section). The forward variants that save state (RmsNormForward,
 // AttentionForward) live in ops.cc beside the inference forwards whose code
 // they share. References: kernels/cpu/reference_backward.h.
-#include <cblas.h>
 
 #include <algorithm>
 #include <bit>
@@ -11,84 +10,21 @@
 #include <cstring>
 
 #include "base/check.h"
+#include "base/multiversion.h"
+#include "kernels/cpu/blas.h"
+#include "kernels/cpu/fast_math.h"
 #include "kernels/cpu/ops.h"
 
 namespace llamapro::cpu {
 namespace {
-
-blasint Blas(int64_t value) { return static_cast<blasint>(value); }
-
-// exp(x) within 1.4 ulp (Cephes' expf polynomial), with x clamped to
-// [-87, 88] so the result stays a normal float. Unlike glibc's expf it is
-// plain arithmetic, so `omp simd` loops over it vectorize; exp dominates the
-// non-GEMM time of the attention and cross-entropy backward passes.
-inline float FastExp(float x) {
-  // Two unconditional selects (not a nested ?:, whose conditional second
-  // comparison blocks if-conversion under -ftrapping-math).
-  x = x < -87.0f ? -87.0f : x;
-  x = x > 88.0f ? 88.0f : x;
-  // n = round(x / ln 2): adding 1.5 * 2^23 leaves the integer in the low bits.
-  constexpr float kRoundShift = 12582912.0f;
-  const float n = (x * 1.44269504088896341f + kRoundShift) - kRoundShift;
-  // r = x - n ln 2, with ln 2 split in two: 0.693359375 has few mantissa bits,
-  // so n times it is exact.
-  const float r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  p = p * r * r + r + 1.0f;
-  const auto exponent = static_cast<int32_t>(n) + 127;
-  return p * std::bit_cast<float>(exponent << 23);
-}
-
-// sum_i a_i b_i c_i; the vectorised summation order is fixed at compile time,
-// so results are deterministic.
-float Dot3(const float* a, const float* b, const float* c, int64_t n) {
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i] * c[i];
-  return sum;
-}
-
-float Dot(const float* a, const float* b, int64_t n) {
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
-  return sum;
-}
-
-// max_i a_i for n >= 1. Eight explicit lanes rather than an `omp simd`
-// max-reduction, which GCC 12 keeps in memory (a store-forwarding stall per
-// vector).
-float Max(const float* a, int64_t n) {
-  constexpr int kLanes = 8;
-  float lanes[kLanes];
-  std::fill(lanes, lanes + kLanes, a[0]);
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int l = 0; l < kLanes; ++l) lanes[l] = a[i + l] > lanes[l] ? a[i + l] : lanes[l];
-  }
-  float max_value = a[0];
-  for (; i < n; ++i) max_value = a[i] > max_value ? a[i] : max_value;
-  for (float lane : lanes) max_value = lane > max_value ? lane : max_value;
-  return max_value;
-}
-
-// First key that query t attends to (ref::Attention: (t - window, t]).
-int64_t FirstKey(int64_t t, int64_t window) {
-  return window > 0 ? std::max<int64_t>(0, t - window + 1) : 0;
-}
 
 // For rows of logits, in place: returns the summed loss
 // -log softmax(row)[target] over the rows in the loss (mask == nullptr or
 // mask[r] != 0) and, if `gradient`, replaces each such row by
 // scale * (softmax - onehot) and every other row by zeros. The log-sum-exp is
 // accumulated in double.
-double CrossEntropyRows(float* logits, const int32_t* targets, const uint8_t* mask, int64_t rows,
-                        int64_t v, float scale, bool gradient) {
+LP_MULTIVERSION double CrossEntropyRows(float* logits, const int32_t* targets, const uint8_t* mask,
+                                        int64_t rows, int64_t v, float scale, bool gradient) {
   double loss = 0.0;
   for (int64_t r = 0; r < rows; ++r) {
     float* row = logits + r * v;
@@ -121,8 +57,9 @@ double CrossEntropyRows(float* logits, const int32_t* targets, const uint8_t* ma
 // The SiluMulBackward loop for one choice of outputs, so each variant
 // vectorises without per-element branches.
 template <bool kGate, bool kUp>
-void SiluMulBackwardLoop(const float* gate, const float* up, const float* dout, float* dgate,
-                         float* dup, int64_t n) {
+[[gnu::always_inline]] inline void SiluMulBackwardLoop(const float* gate, const float* up,
+                                                       const float* dout, float* dgate, float* dup,
+                                                       int64_t n) {
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) {
     const float g = gate[i];
@@ -136,8 +73,9 @@ void SiluMulBackwardLoop(const float* gate, const float* up, const float* dout, 
 
 }  // namespace
 
-void RmsNormBackward(const float* dy, const float* x, const float* w, const float* inv_rms,
-                     float* dx, float* dw, int64_t n, int64_t c) {
+LP_MULTIVERSION void RmsNormBackward(const float* dy, const float* x, const float* w,
+                                     const float* inv_rms, float* dx, float* dw, int64_t n,
+                                     int64_t c) {
   const float inv_c = 1.0f / static_cast<float>(c);
   for (int64_t r = 0; r < n; ++r) {
     const float* dyr = dy + r * c;
@@ -156,16 +94,14 @@ void RmsNormBackward(const float* dy, const float* x, const float* w, const floa
   }
 }
 
-void LinearBackward(const float* dy, const float* x, const float* w, float* dx, float* dw,
-                    float* db, int64_t n, int64_t in, int64_t out) {
+LP_MULTIVERSION void LinearBackward(const float* dy, const float* x, const float* w, float* dx,
+                                    float* dw, float* db, int64_t n, int64_t in, int64_t out) {
   if (n <= 0) return;
   if (dx != nullptr) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Blas(n), Blas(in), Blas(out), 1.0f, dy,
-                Blas(out), w, Blas(in), 0.0f, dx, Blas(in));
+    Sgemm(false, false, n, in, out, 1.0f, dy, out, w, in, 0.0f, dx, in);
   }
   if (dw != nullptr) {
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Blas(out), Blas(in), Blas(n), 1.0f, dy,
-                Blas(out), x, Blas(in), 1.0f, dw, Blas(in));
+    Sgemm(true, false, out, in, n, 1.0f, dy, out, x, in, 1.0f, dw, in);
   }
   if (db != nullptr) {
     for (int64_t r = 0; r < n; ++r) {
@@ -176,8 +112,9 @@ void LinearBackward(const float* dy, const float* x, const float* w, float* dx, 
   }
 }
 
-void ApplyRopeBackward(float* dx, const float* cos_table, const float* sin_table, int64_t batch,
-                       int64_t seq_len, int64_t heads, int64_t head_dim) {
+LP_MULTIVERSION void ApplyRopeBackward(float* dx, const float* cos_table, const float* sin_table,
+                                       int64_t batch, int64_t seq_len, int64_t heads,
+                                       int64_t head_dim) {
   const int64_t half = head_dim / 2;
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t t = 0; t < seq_len; ++t) {
@@ -197,8 +134,8 @@ void ApplyRopeBackward(float* dx, const float* cos_table, const float* sin_table
   }
 }
 
-void SiluMulBackward(const float* gate, const float* up, const float* dout, float* dgate,
-                     float* dup, int64_t n) {
+LP_MULTIVERSION void SiluMulBackward(const float* gate, const float* up, const float* dout,
+                                     float* dgate, float* dup, int64_t n) {
   if (dgate != nullptr && dup != nullptr) {
     SiluMulBackwardLoop<true, true>(gate, up, dout, dgate, dup, n);
   } else if (dgate != nullptr) {
@@ -208,80 +145,90 @@ void SiluMulBackward(const float* gate, const float* up, const float* dout, floa
   }
 }
 
-int64_t AttentionBackwardScratchSize(int64_t seq_len) { return 2 * seq_len * seq_len + seq_len; }
+// Query rows per block (as in the forward): a block reads keys up to its last row only.
+constexpr int64_t kQueryBlock = 64;
 
-void AttentionBackward(const float* q, const float* k, const float* v, const float* out,
-                       const float* lse, const float* dout, float* dq, float* dk, float* dv,
-                       int64_t batch, int64_t seq_len, int64_t heads, int64_t kv_heads,
-                       int64_t head_dim, int64_t window, float* scratch) {
+int64_t AttentionBackwardScratchSize(int64_t seq_len) {
+  return 2 * kQueryBlock * seq_len + kQueryBlock;
+}
+
+LP_MULTIVERSION void AttentionBackward(const float* q, const float* k, const float* v,
+                                       const float* out, const float* lse, const float* dout,
+                                       float* dq, float* dk, float* dv, int64_t batch,
+                                       int64_t seq_len, int64_t heads, int64_t kv_heads,
+                                       int64_t head_dim, int64_t window, float* scratch) {
   const int64_t group = heads / kv_heads;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  const blasint t_len = Blas(seq_len);
-  const blasint d_len = Blas(head_dim);
-  const blasint q_stride = Blas(heads * head_dim);
-  const blasint kv_stride = Blas(kv_heads * head_dim);
-  // Several query heads add into each key/value head, so dk and dv accumulate
-  // (sgemm beta = 1) from zero.
+  const int64_t d_len = head_dim;
+  const int64_t q_stride = heads * head_dim;
+  const int64_t kv_stride = kv_heads * head_dim;
+  // Several query heads and query blocks add into each key/value row, so dk
+  // and dv accumulate (sgemm beta = 1) from zero.
   const int64_t kv_size = batch * seq_len * kv_heads * head_dim;
   std::fill(dk, dk + kv_size, 0.0f);
   std::fill(dv, dv + kv_size, 0.0f);
-  float* probs = scratch;                          // P [T, T]
-  float* dscores = scratch + seq_len * seq_len;    // dP, then dS [T, T]
-  float* delta = scratch + 2 * seq_len * seq_len;  // rowsum(dO * O) [T]
+  float* probs = scratch;                              // P [block rows, keys]
+  float* dscores = scratch + kQueryBlock * seq_len;    // dP, then dS
+  float* delta = scratch + 2 * kQueryBlock * seq_len;  // rowsum(dO * O) [block rows]
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t h = 0; h < heads; ++h) {
       const int64_t kvh = h / group;
       const int64_t q_offset = b * seq_len * heads * head_dim + h * head_dim;
       const int64_t kv_offset = b * seq_len * kv_heads * head_dim + kvh * head_dim;
-      const float* qh = q + q_offset;
-      const float* oh = out + q_offset;
-      const float* doh = dout + q_offset;
-      float* dqh = dq + q_offset;
-      const float* kh = k + kv_offset;
-      const float* vh = v + kv_offset;
-      float* dkh = dk + kv_offset;
-      float* dvh = dv + kv_offset;
       const float* lse_h = lse + (b * heads + h) * seq_len;
-      // Recompute P = exp(scale Q K^T - lse) on the attended keys, 0 elsewhere.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t_len, t_len, d_len, scale, qh, q_stride,
-                  kh, kv_stride, 0.0f, probs, t_len);
-      for (int64_t t = 0; t < seq_len; ++t) {
-        float* row = probs + t * seq_len;
-        const int64_t first = FirstKey(t, window);
-        const float lse_t = lse_h[t];
-        std::fill(row, row + first, 0.0f);
+      for (int64_t i0 = 0; i0 < seq_len; i0 += kQueryBlock) {
+        const int64_t i1 = std::min(seq_len, i0 + kQueryBlock);
+        const int64_t k0 = FirstKey(i0, window);
+        const int64_t keys = i1 - k0;
+        const int64_t rows = i1 - i0;
+        const int64_t ld = keys;
+        const float* qb = q + q_offset + i0 * q_stride;
+        const float* ob = out + q_offset + i0 * q_stride;
+        const float* dob = dout + q_offset + i0 * q_stride;
+        float* dqb = dq + q_offset + i0 * q_stride;
+        const float* kb = k + kv_offset + k0 * kv_stride;
+        const float* vb = v + kv_offset + k0 * kv_stride;
+        float* dkb = dk + kv_offset + k0 * kv_stride;
+        float* dvb = dv + kv_offset + k0 * kv_stride;
+        // Recompute P = exp(scale Q K^T - lse) on the attended keys, 0 elsewhere.
+        Sgemm(false, true, rows, ld, d_len, scale, qb, q_stride, kb, kv_stride, 0.0f, probs, ld);
+        for (int64_t t = i0; t < i1; ++t) {
+          float* row = probs + (t - i0) * keys;
+          const int64_t first = FirstKey(t, window) - k0;
+          const int64_t last = t - k0;
+          const float lse_t = lse_h[t];
+          std::fill(row, row + first, 0.0f);
 #pragma omp simd
-        for (int64_t j = first; j <= t; ++j) row[j] = FastExp(row[j] - lse_t);
-        std::fill(row + t + 1, row + seq_len, 0.0f);
-        delta[t] = Dot(doh + t * q_stride, oh + t * q_stride, head_dim);
-      }
-      // dV += P^T dO.
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t_len, d_len, t_len, 1.0f, probs, t_len,
-                  doh, q_stride, 1.0f, dvh, kv_stride);
-      // dP = dO V^T, then dS = P (dP - delta) in place.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, t_len, t_len, d_len, 1.0f, doh, q_stride,
-                  vh, kv_stride, 0.0f, dscores, t_len);
-      for (int64_t t = 0; t < seq_len; ++t) {
-        const float* p = probs + t * seq_len;
-        float* ds = dscores + t * seq_len;
-        const int64_t first = FirstKey(t, window);
-        const float delta_t = delta[t];
-        std::fill(ds, ds + first, 0.0f);
+          for (int64_t j = first; j <= last; ++j) row[j] = FastExp(row[j] - lse_t);
+          std::fill(row + last + 1, row + keys, 0.0f);
+          delta[t - i0] = Dot(dob + (t - i0) * q_stride, ob + (t - i0) * q_stride, head_dim);
+        }
+        // dV += P^T dO.
+        Sgemm(true, false, ld, d_len, rows, 1.0f, probs, ld, dob, q_stride, 1.0f, dvb, kv_stride);
+        // dP = dO V^T, then dS = P (dP - delta) in place.
+        Sgemm(false, true, rows, ld, d_len, 1.0f, dob, q_stride, vb, kv_stride, 0.0f, dscores, ld);
+        for (int64_t t = i0; t < i1; ++t) {
+          const float* p = probs + (t - i0) * keys;
+          float* ds = dscores + (t - i0) * keys;
+          const int64_t first = FirstKey(t, window) - k0;
+          const int64_t last = t - k0;
+          const float delta_t = delta[t - i0];
+          std::fill(ds, ds + first, 0.0f);
 #pragma omp simd
-        for (int64_t j = first; j <= t; ++j) ds[j] = p[j] * (ds[j] - delta_t);
-        std::fill(ds + t + 1, ds + seq_len, 0.0f);
+          for (int64_t j = first; j <= last; ++j) ds[j] = p[j] * (ds[j] - delta_t);
+          std::fill(ds + last + 1, ds + keys, 0.0f);
+        }
+        // dQ = scale dS K (this head's rows: overwrite), dK += scale dS^T Q.
+        Sgemm(false, false, rows, d_len, ld, scale, dscores, ld, kb, kv_stride, 0.0f, dqb,
+              q_stride);
+        Sgemm(true, false, ld, d_len, rows, scale, dscores, ld, qb, q_stride, 1.0f, dkb, kv_stride);
       }
-      // dQ = scale dS K (this head's columns only: overwrite), dK += scale dS^T Q.
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, t_len, d_len, t_len, scale, dscores,
-                  t_len, kh, kv_stride, 0.0f, dqh, q_stride);
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, t_len, d_len, t_len, scale, dscores,
-                  t_len, qh, q_stride, 1.0f, dkh, kv_stride);
     }
   }
 }
 
-void EmbeddingBackward(const float* dx, const int32_t* tokens, float* dtable, int64_t n,
-                       int64_t c) {
+LP_MULTIVERSION void EmbeddingBackward(const float* dx, const int32_t* tokens, float* dtable,
+                                       int64_t n, int64_t c) {
   for (int64_t r = 0; r < n; ++r) {
     float* row = dtable + static_cast<int64_t>(tokens[r]) * c;
     const float* dxr = dx + r * c;
@@ -290,7 +237,12 @@ void EmbeddingBackward(const float* dx, const int32_t* tokens, float* dtable, in
   }
 }
 
-int64_t LmHeadScratchSize(int64_t v) { return kLmHeadChunkRows * v; }
+int64_t LmHeadChunkRows(int64_t v) {
+  // Up to 256 rows (larger GEMMs run faster), within 8 MB of logits.
+  return std::clamp<int64_t>((int64_t{8} << 20) / (4 * std::max<int64_t>(v, 1)), 16, 256);
+}
+
+int64_t LmHeadScratchSize(int64_t v) { return LmHeadChunkRows(v) * v; }
 
 double LmHeadCrossEntropy(const float* x, const float* w, const int32_t* targets,
                           const uint8_t* mask, float scale, float* dx, float* dw, int64_t n,
@@ -308,21 +260,18 @@ double LmHeadCrossEntropy(const float* x, const float* w, const int32_t* targets
     // (an SFT prompt) cost nothing at chunk edges; such rows inside a chunk
     // get zero dlogits (dx rows of zeros) rather than splitting the chunk into
     // small, slow GEMMs.
-    int64_t rows = std::min(kLmHeadChunkRows, n - r);
+    int64_t rows = std::min(LmHeadChunkRows(v), n - r);
     while (mask != nullptr && mask[r + rows - 1] == 0) --rows;
     const float* xr = x + r * c;
     float* logits = scratch;  // [rows, V]: logits, then dlogits
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, Blas(rows), Blas(v), Blas(c), 1.0f, xr,
-                Blas(c), w, Blas(c), 0.0f, logits, Blas(v));
+    Sgemm(false, true, rows, v, c, 1.0f, xr, c, w, c, 0.0f, logits, v);
     loss += CrossEntropyRows(logits, targets + r, mask == nullptr ? nullptr : mask + r, rows, v,
                              scale, gradient);
     if (dx != nullptr) {
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, Blas(rows), Blas(c), Blas(v), 1.0f,
-                  logits, Blas(v), w, Blas(c), 0.0f, dx + r * c, Blas(c));
+      Sgemm(false, false, rows, c, v, 1.0f, logits, v, w, c, 0.0f, dx + r * c, c);
     }
     if (dw != nullptr) {
-      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, Blas(v), Blas(c), Blas(rows), 1.0f,
-                  logits, Blas(v), xr, Blas(c), 1.0f, dw, Blas(c));
+      Sgemm(true, false, v, c, rows, 1.0f, logits, v, xr, c, 1.0f, dw, c);
     }
     r += rows;
   }

@@ -2,6 +2,7 @@
 #include <sys/wait.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <string>
 
 #include "gmock/gmock.h"
@@ -158,6 +159,68 @@ TEST(CliTest, TokenizerIngestCorporaAndSamplesWorkTogether) {
   EXPECT_THAT(mismatch.err, HasSubstr("nope.model"));
 }
 
+TEST(CliTest, TrainResumeAndEvalWorkTogether) {
+  ScratchDir dir;
+  std::string text;
+  for (int i = 0; i < 600; ++i) {
+    text += "line " + std::to_string(i % 37) + " of the domain corpus: block expansion keeps " +
+            std::to_string(i * 13 % 101) + " things\n";
+  }
+  testing::WriteBytes(dir.Join("corpus.txt"), text);
+  ASSERT_EQ(Llamaproctl(dir, "tokenizer train --input " + dir.Join("corpus.txt") +
+                                 " --vocab-size 300 --out " + dir.Join("tok"))
+                .exit_code,
+            0);
+  ASSERT_EQ(Llamaproctl(dir, "synth -q --layers 2 --vocab 300 --out " + dir.Join("base")).exit_code,
+            0);
+  ASSERT_EQ(Llamaproctl(dir, "expand -q --model " + dir.Join("base") + " --out " + dir.Join("pro") +
+                                 " --add-blocks 2")
+                .exit_code,
+            0);
+  ASSERT_EQ(Llamaproctl(dir, "ingest -q --store " + dir.Join("store") +
+                                 " --corpus text --split-lines --held-out 0.2 --tokenizer " +
+                                 dir.Join("tok") + " " + dir.Join("corpus.txt"))
+                .exit_code,
+            0);
+  testing::WriteBytes(dir.Join("job.yaml"), R"(model: pro
+output_dir: run
+data: {store: store, mixture: text, seq_len: 16}
+optimizer: {lr: 1.0e-3}
+schedule: {warmup_steps: 1}
+batch: {sequences: 4, micro_batch: 2}
+steps: 6
+eval: {corpora: [text], interval: 3, windows: 4}
+checkpoint: {interval: 3, keep: 1}
+)");
+  CliRun first = Llamaproctl(dir, "train --config " + dir.Join("job.yaml") + " --stop-after 3");
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  EXPECT_THAT(first.out, HasSubstr("trainable    blocks 1, 3:"));
+  EXPECT_THAT(first.out, HasSubstr("FLOPs/token"));
+  EXPECT_THAT(first.out, HasSubstr("eval step 3  text"));
+  EXPECT_THAT(first.err, HasSubstr("step 3/6 loss"));
+  CliRun again = Llamaproctl(dir, "train --config " + dir.Join("job.yaml"));
+  EXPECT_EQ(again.exit_code, 1);
+  EXPECT_THAT(again.err, HasSubstr("--resume"));
+  CliRun resumed = Llamaproctl(dir, "train -q --config " + dir.Join("job.yaml") + " --resume");
+  ASSERT_EQ(resumed.exit_code, 0) << resumed.err;
+  EXPECT_THAT(resumed.out, HasSubstr("resuming     from"));
+  EXPECT_THAT(resumed.out, HasSubstr("done         step 6"));
+  EXPECT_EQ(testing::ReadBytes(dir.Join("run/latest")), "checkpoint-000006\n");
+  EXPECT_FALSE(std::filesystem::exists(dir.Join("run/checkpoint-000003"))) << "keep: 1";
+
+  CliRun ppl = Llamaproctl(dir, "eval ppl --json --seq-len 16 --windows 4 --model " +
+                                    dir.Join("run/checkpoint-000006") + " --store " +
+                                    dir.Join("store") + " --corpus text");
+  ASSERT_EQ(ppl.exit_code, 0) << ppl.err;
+  auto result = nlohmann::json::parse(ppl.out);
+  ASSERT_EQ(result.size(), 1u);
+  EXPECT_GT(result[0]["perplexity"].get<double>(), 1.0);
+  EXPECT_EQ(result[0]["windows"], 4);
+  CliRun bad = Llamaproctl(dir, "train --config " + dir.Join("nope.yaml"));
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_THAT(bad.err, HasSubstr("nope.yaml"));
+}
+
 TEST(CliTest, EverySubcommandHasHelpListingItsFlags) {
   ScratchDir dir;
   const std::pair<const char*, std::vector<const char*>> commands[] = {
@@ -175,6 +238,10 @@ TEST(CliTest, EverySubcommandHasHelpListingItsFlags) {
        {"--store", "--mixture", "--seq-len", "--seed", "--start", "--count", "--rank",
         "--world-size", "--tokenizer", "--held-out", "--json"}},
       {"tokenizer train", {"--input", "--vocab-size", "--out", "--threads", "--force"}},
+      {"train", {"--config", "--resume", "--stop-after", "--quiet"}},
+      {"eval ppl",
+       {"--model", "--store", "--corpus", "--seq-len", "--windows", "--batch", "--threads",
+        "--json"}},
   };
   for (const auto& [command, flags] : commands) {
     CliRun help = Llamaproctl(dir, std::string(command) + " --help");
@@ -182,8 +249,8 @@ TEST(CliTest, EverySubcommandHasHelpListingItsFlags) {
     for (const char* flag : flags) EXPECT_THAT(help.out, HasSubstr(flag)) << command;
   }
   CliRun top = Llamaproctl(dir, "--help");
-  for (const char* command :
-       {"synth", "expand", "inspect", "score", "tokenizer", "ingest", "corpora", "samples"}) {
+  for (const char* command : {"synth", "expand", "inspect", "score", "tokenizer", "ingest",
+                              "corpora", "samples", "train", "eval"}) {
     EXPECT_THAT(top.out, HasSubstr(command));
   }
 }

@@ -336,11 +336,12 @@ void ExpectLmHeadMatchesReference(const LmHeadInputs& in) {
 
 TEST(OpsBackwardTest, LmHeadCrossEntropyWithMaskMatchesReferenceAcrossChunks) {
   // 2 full chunks and a partial one; masked-out runs split chunks unevenly.
-  ExpectLmHeadMatchesReference(MakeLmHeadInputs(2 * cpu::kLmHeadChunkRows + 13, 37, 101, true, 32));
+  ExpectLmHeadMatchesReference(
+      MakeLmHeadInputs(2 * cpu::LmHeadChunkRows(101) + 13, 37, 101, true, 32));
 }
 
 TEST(OpsBackwardTest, LmHeadCrossEntropyWithoutMaskMatchesReference) {
-  ExpectLmHeadMatchesReference(MakeLmHeadInputs(cpu::kLmHeadChunkRows + 6, 19, 57, false, 35));
+  ExpectLmHeadMatchesReference(MakeLmHeadInputs(cpu::LmHeadChunkRows(57) + 6, 19, 57, false, 35));
   ExpectLmHeadMatchesReference(MakeLmHeadInputs(3, 8, 5, false, 38));
 }
 
