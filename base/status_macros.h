@@ -22,10 +22,14 @@
 // error from the enclosing function.
 #define LP_ASSIGN_OR_RETURN(lhs, expr) \
   LP_ASSIGN_OR_RETURN_IMPL_(LP_CONCAT_(lp_statusor_, __LINE__), lhs, expr)
+// `lhs` is a declaration or an lvalue and `tmp` a name: neither can be
+// parenthesised.
+// NOLINTBEGIN(bugprone-macro-parentheses)
 #define LP_ASSIGN_OR_RETURN_IMPL_(tmp, lhs, expr) \
   auto tmp = (expr);                              \
   if (!tmp.ok()) [[unlikely]]                     \
     return std::move(tmp).status();               \
   lhs = std::move(tmp).value()
+// NOLINTEND(bugprone-macro-parentheses)
 
 #endif  // LLAMAPRO_BASE_STATUS_MACROS_H_
