@@ -31,10 +31,11 @@ void RunPpl(const PplFlags& flags) {
   ThrowIfError(params.status());
   auto store = TokenStore::Open(flags.store, TokenStore::Mode::kReadOnly);
   ThrowIfError(store.status());
+  StoreDataSource data(store->get());
   nlohmann::ordered_json out = nlohmann::ordered_json::array();
   for (const std::string& corpus : flags.corpora) {
     auto result = HeldOutPerplexity(
-        &*params, **store, corpus,
+        &*params, data, corpus,
         {.seq_len = flags.seq_len, .max_windows = flags.windows, .batch = flags.batch});
     ThrowIfError(result.status());
     if (flags.json) {

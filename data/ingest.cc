@@ -162,8 +162,13 @@ absl::StatusOr<IngestReport> Ingest(const IngestOptions& options,
 
   LP_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::Load(options.tokenizer));
   const TokenizerInfo& info = tokenizer->info();
-  LP_ASSIGN_OR_RETURN(std::unique_ptr<TokenStore> store,
-                      TokenStore::Open(options.store_dir, TokenStore::Mode::kReadWrite));
+  std::unique_ptr<TokenStore> owned_store;
+  TokenStore* store = options.store;
+  if (store == nullptr) {
+    LP_ASSIGN_OR_RETURN(owned_store,
+                        TokenStore::Open(options.store_dir, TokenStore::Mode::kReadWrite));
+    store = owned_store.get();
+  }
   LP_RETURN_IF_ERROR(store->BindTokenizer(StoreTokenizer{.fingerprint = info.fingerprint,
                                                          .path = info.path,
                                                          .vocab_size = info.vocab_size,
@@ -229,6 +234,9 @@ absl::StatusOr<IngestReport> Ingest(const IngestOptions& options,
     std::deque<std::future<TokenizedBatch>> in_flight;
     absl::Status failure;  // A strict-mode stop, committed up to the bad record first.
     auto commit_oldest = [&](bool last) -> absl::Status {
+      if (options.cancel != nullptr && options.cancel->load()) {
+        return absl::CancelledError(absl::StrCat("ingest cancelled while reading ", path));
+      }
       TokenizedBatch done = in_flight.front().get();
       in_flight.pop_front();
       LP_RETURN_IF_ERROR(done.status);

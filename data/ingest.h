@@ -11,6 +11,7 @@
 #ifndef LLAMAPRO_DATA_INGEST_H_
 #define LLAMAPRO_DATA_INGEST_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <optional>
@@ -20,11 +21,19 @@
 #include "absl/status/statusor.h"
 #include "data/readers.h"
 #include "data/sft.h"
+#include "data/store.h"
 
 namespace llamapro {
 
 struct IngestOptions {
   std::string store_dir;
+  // An open store to write into instead of opening store_dir (the
+  // coordinator's, which holds it open). Not owned. Ingests into one store
+  // must not run concurrently.
+  TokenStore* store = nullptr;
+  // Set by another thread to stop between commits: the ingest returns
+  // Cancelled; what it committed stays, and a rerun continues from there.
+  const std::atomic<bool>* cancel = nullptr;
   std::string corpus;
   std::string tokenizer;  // tokenizer.model, or a directory holding one.
   std::vector<std::string> inputs;

@@ -221,7 +221,8 @@ TokenStore::~TokenStore() {
   }
 }
 
-absl::StatusOr<std::unique_ptr<TokenStore>> TokenStore::Open(const std::string& dir, Mode mode) {
+absl::StatusOr<std::unique_ptr<TokenStore>> TokenStore::Open(
+    const std::string& dir, Mode mode, const std::vector<std::string>& extra_families) {
   auto store = std::unique_ptr<TokenStore>(new TokenStore());
   store->dir_ = dir;
   store->mode_ = mode;
@@ -251,7 +252,18 @@ absl::StatusOr<std::unique_ptr<TokenStore>> TokenStore::Open(const std::string& 
   options.max_write_buffer_number = 2;
   options.keep_log_file_num = 3;
   std::vector<rocksdb::ColumnFamilyDescriptor> families;
-  for (const char* name : kFamilies) {
+  std::vector<std::string> names(std::begin(kFamilies), std::end(kFamilies));
+  auto add_name = [&names](const std::string& name) {
+    if (std::find(names.begin(), names.end(), name) == names.end()) names.push_back(name);
+  };
+  for (const std::string& name : extra_families) add_name(name);
+  if (PathExists(JoinPath(dir, "CURRENT"))) {
+    std::vector<std::string> existing;
+    if (rocksdb::DB::ListColumnFamilies(rocksdb::DBOptions(options), dir, &existing).ok()) {
+      for (const std::string& name : existing) add_name(name);
+    }
+  }
+  for (const std::string& name : names) {
     rocksdb::ColumnFamilyOptions family_options(options);
     families.emplace_back(name, family_options);
   }
@@ -535,7 +547,9 @@ absl::StatusOr<TokenStore::Located> TokenStore::NextInSplit(uint32_t corpus_id, 
 
 absl::StatusOr<std::string> TokenStore::ContentsDigest() const {
   Sha256 hash;
-  for (rocksdb::ColumnFamilyHandle* family : handles_) {
+  // The token families only: the embedder's own families are not corpora.
+  for (size_t f = 0; f < std::size(kFamilies); ++f) {
+    rocksdb::ColumnFamilyHandle* family = handles_[f];
     hash.Update(family->GetName());
     std::unique_ptr<rocksdb::Iterator> it(db_->NewIterator(rocksdb::ReadOptions(), family));
     for (it->SeekToFirst(); it->Valid(); it->Next()) {
@@ -549,6 +563,13 @@ absl::StatusOr<std::string> TokenStore::ContentsDigest() const {
     LP_RETURN_IF_ERROR(FromRocks(it->status(), "cannot read token store"));
   }
   return DigestHex(hash.Finish());
+}
+
+rocksdb::ColumnFamilyHandle* TokenStore::Family(absl::string_view name) const {
+  for (rocksdb::ColumnFamilyHandle* handle : handles_) {
+    if (handle->GetName() == name) return handle;
+  }
+  return nullptr;
 }
 
 absl::Status TokenStore::Sync() {

@@ -99,7 +99,14 @@ class TokenStore {
 
   // Opens (creating in kReadWrite mode) the store at `dir`. A read-only open
   // works while another process writes (it sees the state at open time).
-  static absl::StatusOr<std::unique_ptr<TokenStore>> Open(const std::string& dir, Mode mode);
+  //
+  // `extra_families` are column families of the same RocksDB that belong to
+  // whoever embeds the store (the coordinator keeps jobs and events beside
+  // the corpora); they are created when missing and reached through db() and
+  // Family(). Families that exist on disk but are not named are opened too
+  // (RocksDB requires it), so any tool can open the coordinator's store.
+  static absl::StatusOr<std::unique_ptr<TokenStore>> Open(
+      const std::string& dir, Mode mode, const std::vector<std::string>& extra_families = {});
   ~TokenStore();
   TokenStore(const TokenStore&) = delete;
   TokenStore& operator=(const TokenStore&) = delete;
@@ -155,6 +162,11 @@ class TokenStore {
 
   // Makes every committed write durable (fsyncs the write-ahead log).
   absl::Status Sync();
+
+  // The embedding process's view of the database (see Open): the handle of
+  // an extra column family, or null if it was not opened.
+  rocksdb::DB* db() const { return db_.get(); }
+  rocksdb::ColumnFamilyHandle* Family(absl::string_view name) const;
 
  private:
   TokenStore() = default;

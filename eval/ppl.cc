@@ -10,20 +10,19 @@
 
 namespace llamapro {
 
-absl::StatusOr<PerplexityResult> HeldOutPerplexity(LlamaParams* params, const TokenStore& store,
+absl::StatusOr<PerplexityResult> HeldOutPerplexity(LlamaParams* params, DataSource& data,
                                                    const std::string& corpus,
                                                    const PerplexityOptions& options) {
   if (options.seq_len < 1 || options.batch < 1 || options.max_windows < 0) {
     return absl::InvalidArgumentError("seq_len and batch must be positive, max_windows >= 0");
   }
-  LP_ASSIGN_OR_RETURN(std::optional<StoreTokenizer> tokenizer, store.Tokenizer());
-  if (tokenizer && tokenizer->vocab_size > params->config.vocab_size) {
+  LP_ASSIGN_OR_RETURN(StoreTokenizer tokenizer, data.Tokenizer());
+  if (tokenizer.vocab_size > params->config.vocab_size) {
     return absl::FailedPreconditionError(
-        absl::StrCat("the store's tokenizer has ", tokenizer->vocab_size,
-                     " ids but the model only ", params->config.vocab_size));
+        absl::StrCat("the store's tokenizer has ", tokenizer.vocab_size, " ids but the model only ",
+                     params->config.vocab_size));
   }
-  LP_ASSIGN_OR_RETURN(auto reader, HeldOutReader::Create(&store, corpus, options.seq_len));
-  int64_t windows = reader->size();
+  LP_ASSIGN_OR_RETURN(int64_t windows, data.HeldOutWindows(corpus, options.seq_len));
   if (options.max_windows > 0) windows = std::min(windows, options.max_windows);
   if (windows == 0) {
     return absl::FailedPreconditionError(
@@ -39,16 +38,19 @@ absl::StatusOr<PerplexityResult> HeldOutPerplexity(LlamaParams* params, const To
                             /*for_training=*/false);
   std::vector<int32_t> tokens(batch * width);
   std::vector<uint8_t> mask(batch * width);
+  std::vector<Sample> samples;
   double loss = 0;
   for (int64_t first = 0; first < windows; first += batch) {
     const int64_t count = std::min(batch, windows - first);
+    LP_RETURN_IF_ERROR(data.ReadHeldOut(corpus, options.seq_len, first, count, &samples));
     for (int64_t b = 0; b < batch; ++b) {
       if (b < count) {
-        LP_ASSIGN_OR_RETURN(Sample sample, reader->Get(first + b));
+        const Sample& sample = samples[b];
         std::copy(sample.tokens.begin(), sample.tokens.end(), tokens.begin() + b * width);
         std::copy(sample.loss_mask.begin(), sample.loss_mask.end(), mask.begin() + b * width);
       } else {
         // Padding rows of a short last batch count nothing.
+        std::fill(tokens.begin() + b * width, tokens.begin() + (b + 1) * width, 0);
         std::fill(mask.begin() + b * width, mask.begin() + (b + 1) * width, 0);
       }
     }

@@ -7,7 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
-#include "data/store.h"
+#include "data/data_source.h"
 #include "model/llama_params.h"
 
 namespace llamapro {
@@ -28,10 +28,10 @@ struct PerplexityOptions {
 };
 
 // Runs the model (fp32, forward only) over the first windows of `corpus`'s
-// held-out split (HeldOutReader: fixed order, so values are comparable across
-// checkpoints). Gradients and trainable flags of `params` are untouched.
+// held-out split (fixed order, so values are comparable across checkpoints).
+// Gradients and trainable flags of `params` are untouched.
 // FailedPrecondition when the corpus has no held-out window of seq_len + 1.
-absl::StatusOr<PerplexityResult> HeldOutPerplexity(LlamaParams* params, const TokenStore& store,
+absl::StatusOr<PerplexityResult> HeldOutPerplexity(LlamaParams* params, DataSource& data,
                                                    const std::string& corpus,
                                                    const PerplexityOptions& options);
 

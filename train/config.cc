@@ -472,9 +472,14 @@ absl::StatusOr<std::vector<MixtureComponent>> Parser::ParseMixtureNode(
 }
 
 absl::Status Parser::ParseData(const YAML::Node& node, DataConfig* data) const {
-  if (!Present(node)) return Error("data", "is required (store, mixture, seq_len)");
+  if (!Present(node)) return Error("data", "is required (mixture, seq_len, and store)");
   LP_RETURN_IF_ERROR(CheckMap(node, "data"));
-  LP_ASSIGN_OR_RETURN(data->store, Path(node["store"], "data.store", "the token store directory"));
+  // Optional: a job submitted to a coordinator reads its data from the
+  // coordinator's store (the trainer requires it when training embedded).
+  if (Present(node["store"])) {
+    LP_ASSIGN_OR_RETURN(data->store,
+                        Path(node["store"], "data.store", "the token store directory"));
+  }
   LP_ASSIGN_OR_RETURN(data->mixture, ParseMixtureNode(node["mixture"], "data.mixture"));
   if (!Present(node["seq_len"])) {
     return Error("data.seq_len", "is required (tokens per training sequence, e.g. 4096)");

@@ -30,7 +30,10 @@
 namespace llamapro {
 
 struct DataConfig {
-  std::string store;  // Token store directory (resolved, see ParseJobConfig).
+  // Token store directory (resolved, see ParseJobConfig). Empty when the
+  // config omits it: a job submitted to a coordinator reads from the
+  // coordinator's store; `llamaproctl train` requires it.
+  std::string store;
   // Corpora and their weights as written (the Sampler normalises them). An
   // SFT corpus is named here like any other; its samples carry loss masks.
   std::vector<MixtureComponent> mixture;

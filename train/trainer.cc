@@ -92,26 +92,52 @@ absl::StatusOr<TrainableSet> ResolveTrainable(const JobConfig& config, const Lla
 }
 
 // The store must hold ids of the model's tokenizer.
-absl::Status CheckTokenizer(const JobConfig& config, const TokenStore& store,
-                            const LlamaConfig& model) {
-  LP_ASSIGN_OR_RETURN(std::optional<StoreTokenizer> bound, store.Tokenizer());
-  if (!bound) return ConfigError(config, "data.store", "the token store holds no corpus yet");
+absl::Status CheckTokenizer(const JobConfig& config, DataSource& data, const LlamaConfig& model) {
+  LP_ASSIGN_OR_RETURN(StoreTokenizer bound, data.Tokenizer());
   const std::string model_tokenizer = JoinPath(config.model, kTokenizerModelFile);
   if (PathExists(model_tokenizer)) {
     LP_ASSIGN_OR_RETURN(std::string fingerprint, Sha256File(model_tokenizer));
-    if (fingerprint != bound->fingerprint) {
+    if (fingerprint != bound.fingerprint) {
       return ConfigError(config, "data.store",
-                         absl::StrCat("the store was tokenized with ", bound->path,
+                         absl::StrCat("the store was tokenized with ", bound.path,
                                       ", not with the model's ", model_tokenizer,
                                       " (different files): re-ingest with the model's tokenizer"));
     }
-  } else if (bound->vocab_size > model.vocab_size) {
+  } else if (bound.vocab_size > model.vocab_size) {
     return ConfigError(config, "data.store",
-                       absl::StrCat("the store's tokenizer has ", bound->vocab_size,
+                       absl::StrCat("the store's tokenizer has ", bound.vocab_size,
                                     " ids but the model's vocabulary only ", model.vocab_size));
   }
   return absl::OkStatus();
 }
+
+// All trainable gradients in one buffer, for one all-reduce per step.
+class GradientBucket {
+ public:
+  explicit GradientBucket(std::vector<Parameter*> params) : params_(std::move(params)) {
+    size_t n = 0;
+    for (Parameter* p : params_) n += p->grad.size();
+    flat_.resize(n);
+  }
+  absl::Status AllReduce(Communicator& communicator) {
+    size_t offset = 0;
+    for (Parameter* p : params_) {
+      std::copy(p->grad.begin(), p->grad.end(), flat_.begin() + offset);
+      offset += p->grad.size();
+    }
+    LP_RETURN_IF_ERROR(communicator.AllReduceSum(flat_.data(), flat_.size()));
+    offset = 0;
+    for (Parameter* p : params_) {
+      std::copy(flat_.begin() + offset, flat_.begin() + offset + p->grad.size(), p->grad.begin());
+      offset += p->grad.size();
+    }
+    return absl::OkStatus();
+  }
+
+ private:
+  std::vector<Parameter*> params_;
+  std::vector<float> flat_;
+};
 
 class MetricsLog {
  public:
@@ -130,6 +156,11 @@ class MetricsLog {
 
 absl::StatusOr<TrainSummary> RunTraining(const JobConfig& config, const TrainOptions& options) {
   const auto start = Clock::now();
+  LocalCommunicator local;
+  Communicator& comm = options.communicator != nullptr ? *options.communicator : local;
+  const int rank = comm.rank();
+  const int world = comm.world_size();
+  const bool leader = rank == 0;
   if (config.device != "cpu") {
     return ConfigError(config, "device", "only 'cpu' is available in this build");
   }
@@ -164,10 +195,26 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& config, const TrainOpt
                                     model_config.max_position_embeddings, ")"));
   }
 
-  LP_ASSIGN_OR_RETURN(auto store, TokenStore::Open(config.data.store, TokenStore::Mode::kReadOnly));
-  LP_RETURN_IF_ERROR(CheckTokenizer(config, *store, model_config));
+  std::unique_ptr<TokenStore> store;
+  std::unique_ptr<DataSource> local_data;
+  DataSource* data = options.data;
+  if (data == nullptr) {
+    if (config.data.store.empty()) {
+      return ConfigError(config, "data.store", "is required to train outside a coordinator");
+    }
+    LP_ASSIGN_OR_RETURN(store, TokenStore::Open(config.data.store, TokenStore::Mode::kReadOnly));
+    local_data = std::make_unique<StoreDataSource>(store.get());
+    data = local_data.get();
+  }
+  LP_RETURN_IF_ERROR(CheckTokenizer(config, *data, model_config));
   const int64_t global = config.batch.global_sequences;
   const int64_t micro = config.batch.micro_batch;
+  if (global % (static_cast<int64_t>(world) * micro) != 0) {
+    return ConfigError(config, "batch",
+                       absl::StrCat(global, " sequences per step do not split into ", world,
+                                    " ranks of whole micro-batches of ", micro));
+  }
+  const int64_t local_sequences = global / world;
   const int64_t width = config.data.seq_len + 1;
   TrainerState state;
   state.total_steps = config.steps;
@@ -210,8 +257,8 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& config, const TrainOpt
 
   SamplerOptions sampler_options{
       .mixture = config.data.mixture, .seq_len = config.data.seq_len, .seed = config.data.seed};
-  LP_ASSIGN_OR_RETURN(auto sampler, Sampler::Create(store.get(), sampler_options));
   std::vector<Parameter*> trainable_params = params.Trainable();
+  GradientBucket bucket(trainable_params);
   LP_ASSIGN_OR_RETURN(auto optimizer, MakeOptimizer(config.optimizer, trainable_params));
   if (resumed) LP_RETURN_IF_ERROR(LoadOptimizerState(load_dir, &params, optimizer.get()));
   ParallelTrainingPass pass(&params, micro, config.data.seq_len, config.threads);
@@ -244,7 +291,7 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& config, const TrainOpt
   if (options.on_plan) options.on_plan(plan);
 
   LP_RETURN_IF_ERROR(MakeDirs(config.output_dir));
-  MetricsLog metrics(JoinPath(config.output_dir, "metrics.jsonl"));
+  MetricsLog metrics(leader ? JoinPath(config.output_dir, "metrics.jsonl") : "/dev/null");
   if (!metrics.ok()) {
     return absl::PermissionDeniedError(
         absl::StrCat("cannot write ", JoinPath(config.output_dir, "metrics.jsonl")));
@@ -258,6 +305,7 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& config, const TrainOpt
     return dir;
   };
   auto evaluate = [&]() -> absl::Status {
+    if (!leader) return comm.Barrier();
     EvalReport report;
     report.step = state.step;
     nlohmann::ordered_json record = {{"step", state.step}};
@@ -265,37 +313,45 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& config, const TrainOpt
       PerplexityOptions eval_options{
           .seq_len = config.data.seq_len, .max_windows = config.eval.windows, .batch = micro};
       LP_ASSIGN_OR_RETURN(PerplexityResult result,
-                          HeldOutPerplexity(&params, *store, corpus, eval_options));
+                          HeldOutPerplexity(&params, *data, corpus, eval_options));
       record["eval"][corpus] = {
           {"nll", result.nll}, {"perplexity", result.perplexity}, {"targets", result.targets}};
       report.results.push_back(std::move(result));
     }
     metrics.Write(record);
     if (options.on_eval) options.on_eval(report);
-    return absl::OkStatus();
+    return comm.Barrier();
   };
 
   TrainSummary summary;
-  std::vector<int32_t> tokens(global * width);
-  std::vector<uint8_t> mask(global * width);
+  std::vector<int32_t> tokens(local_sequences * width);
+  std::vector<uint8_t> mask(local_sequences * width);
+  std::vector<Sample> samples;
   double step_seconds_total = 0;
   const int64_t stop_at = options.stop_after_steps > 0
                               ? std::min(config.steps, state.step + options.stop_after_steps)
                               : config.steps;
   if (config.eval.enabled() && state.step == 0) LP_RETURN_IF_ERROR(evaluate());
   while (state.step < stop_at) {
+    if (options.cancel != nullptr && options.cancel->load()) {
+      return absl::CancelledError(absl::StrCat("cancelled at step ", state.step));
+    }
     const auto step_start = Clock::now();
+    // This rank's share of the global batch: every world-th sample.
+    LP_RETURN_IF_ERROR(data->ReadSamples(sampler_options, state.next_sample + rank, world,
+                                         local_sequences, &samples));
     int64_t targets = 0;
-    for (int64_t s = 0; s < global; ++s) {
-      LP_ASSIGN_OR_RETURN(Sample sample, sampler->Get(state.next_sample + s));
+    for (int64_t s = 0; s < local_sequences; ++s) {
+      const Sample& sample = samples[s];
       std::copy(sample.tokens.begin(), sample.tokens.end(), tokens.begin() + s * width);
       std::copy(sample.loss_mask.begin(), sample.loss_mask.end(), mask.begin() + s * width);
       for (int64_t t = 1; t < width; ++t) targets += sample.loss_mask[t] != 0 ? 1 : 0;
     }
+    LP_RETURN_IF_ERROR(comm.AllReduceSum(&targets, 1));
     ZeroGradients(trainable_params);
     const float scale = targets > 0 ? 1.0f / static_cast<float>(targets) : 0.0f;
     double loss = 0;
-    for (int64_t m = 0; m < global / micro; ++m) {
+    for (int64_t m = 0; m < local_sequences / micro; ++m) {
       const size_t offset = static_cast<size_t>(m * micro * width);
       const size_t size = static_cast<size_t>(micro * width);
       LP_ASSIGN_OR_RETURN(
@@ -303,6 +359,10 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& config, const TrainOpt
           pass.ForwardBackward(std::span<const int32_t>(tokens).subspan(offset, size),
                                std::span<const uint8_t>(mask).subspan(offset, size), scale));
       loss += sum.loss;
+    }
+    if (world > 1) {
+      LP_RETURN_IF_ERROR(comm.AllReduceSum(&loss, 1));
+      LP_RETURN_IF_ERROR(bucket.AllReduce(comm));
     }
     const double grad_norm = config.optimizer.clip_grad_norm > 0
                                  ? ClipGradNorm(trainable_params, config.optimizer.clip_grad_norm)
@@ -329,13 +389,14 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& config, const TrainOpt
     progress.eta_seconds =
         step_seconds_total / summary.steps_run * static_cast<double>(config.steps - state.step);
     if (state.step % config.log_interval == 0 || state.step == stop_at) {
-      metrics.Write({{"step", state.step},
-                     {"loss", state.loss},
-                     {"lr", lr},
-                     {"grad_norm", grad_norm},
-                     {"tokens", state.tokens},
-                     {"tokens_per_second", progress.tokens_per_second},
-                     {"seconds", progress.seconds}});
+      if (leader)
+        metrics.Write({{"step", state.step},
+                       {"loss", state.loss},
+                       {"lr", lr},
+                       {"grad_norm", grad_norm},
+                       {"tokens", state.tokens},
+                       {"tokens_per_second", progress.tokens_per_second},
+                       {"seconds", progress.seconds}});
       if (options.on_step) options.on_step(progress);
     }
     if (!std::isfinite(state.loss)) {
@@ -349,7 +410,10 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& config, const TrainOpt
     const bool interval =
         config.checkpoint.interval > 0 && state.step % config.checkpoint.interval == 0;
     if (interval || state.step == stop_at) {
-      LP_ASSIGN_OR_RETURN(summary.last_checkpoint, write_checkpoint());
+      if (leader) {
+        LP_ASSIGN_OR_RETURN(summary.last_checkpoint, write_checkpoint());
+      }
+      LP_RETURN_IF_ERROR(comm.Barrier());
     }
   }
   summary.final_step = state.step;

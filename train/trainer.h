@@ -8,6 +8,7 @@
 #ifndef LLAMAPRO_TRAIN_TRAINER_H_
 #define LLAMAPRO_TRAIN_TRAINER_H_
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -15,8 +16,10 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "data/data_source.h"
 #include "eval/ppl.h"
 #include "model/llama_train.h"
+#include "train/communicator.h"
 #include "train/config.h"
 
 namespace llamapro {
@@ -61,6 +64,15 @@ struct TrainOptions {
   std::function<void(const TrainProgress&)> on_step;  // Every log_interval steps.
   std::function<void(const EvalReport&)> on_eval;
   std::function<void(absl::string_view)> on_checkpoint;  // Directory written.
+  // Data parallelism: the ranks of one job, each running RunTraining with the
+  // same config. Null: a single local rank.
+  Communicator* communicator = nullptr;
+  // Where samples come from. Null: the token store named by data.store.
+  DataSource* data = nullptr;
+  // Set by another thread to stop at the next step boundary (every rank
+  // stops at the same step; no checkpoint is written). The run then returns
+  // a Cancelled status.
+  const std::atomic<bool>* cancel = nullptr;
 };
 
 struct TrainSummary {
@@ -71,6 +83,8 @@ struct TrainSummary {
   double tokens_per_second = 0;  // Mean over the steps of this invocation.
 };
 
+// With several ranks, rank 0 alone writes checkpoints and metrics and runs
+// evaluations; every rank must run with the same config and resume flag.
 // Errors name the config key, file or corpus at fault: a model without
 // llamapro.json under `trainable: expanded`, layers out of range, a corpus
 // missing from the store, a store tokenized with another tokenizer than the

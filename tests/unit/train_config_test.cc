@@ -231,7 +231,6 @@ TEST(JobConfigTest, EachBadValueIsReportedWithItsKeyPath) {
       {{{"model", ""}}, "job.yaml: model: is required"},
       {{{"output_dir", ""}}, "job.yaml: output_dir: is required"},
       {{{"data", ""}}, "job.yaml: data: is required"},
-      {{{"data", "{mixture: code, seq_len: 16}"}}, "job.yaml: data.store: is required"},
       {{{"data", "{store: s, seq_len: 16}"}}, "job.yaml: data.mixture: is required"},
       {{{"data", "{store: s, mixture: code}"}}, "job.yaml: data.seq_len: is required"},
       {{{"optimizer", ""}}, "job.yaml: optimizer: is required"},
