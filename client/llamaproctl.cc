@@ -24,6 +24,8 @@ int Run(int argc, char** argv) {
   llamapro::cli::AddSamplesCommand(app);
   llamapro::cli::AddTrainCommand(app);
   llamapro::cli::AddEvalCommand(app);
+  llamapro::cli::AddJobCommands(app);
+  llamapro::cli::AddClusterCommands(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,5 +1,6 @@
 #include "client/progress.h"
 
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -46,6 +47,52 @@ void ProgressBar::Update(int64_t items_done, int64_t items_total, uint64_t bytes
 void ProgressBar::Finish() {
   if (enabled_ && tty_ && drawn_) std::fprintf(stderr, "\n");
   drawn_ = false;
+}
+
+StatusLine::StatusLine(bool enabled) : enabled_(enabled), tty_(isatty(STDERR_FILENO) == 1) {}
+
+void StatusLine::Show(absl::string_view text) {
+  if (!enabled_) return;
+  text_ = std::string(text);
+  if (tty_) {
+    Draw();
+  } else {
+    std::fprintf(stderr, "%s\n", text_.c_str());
+    std::fflush(stderr);
+  }
+}
+
+void StatusLine::PrintAbove(std::FILE* out, absl::string_view line) {
+  const bool redraw = drawn_;
+  Erase();
+  std::fprintf(out, "%.*s\n", static_cast<int>(line.size()), line.data());
+  std::fflush(out);
+  if (redraw) Draw();
+}
+
+void StatusLine::Finish() {
+  if (drawn_) std::fprintf(stderr, "\n");
+  drawn_ = false;
+  text_.clear();
+}
+
+void StatusLine::Erase() {
+  if (!drawn_) return;
+  std::fprintf(stderr, "\r\x1b[K");
+  std::fflush(stderr);
+  drawn_ = false;
+}
+
+void StatusLine::Draw() {
+  // A line longer than the terminal wraps, and "\r" then redraws only its
+  // last row: cut it to the width instead.
+  size_t width = 0;
+  winsize size{};
+  if (ioctl(STDERR_FILENO, TIOCGWINSZ, &size) == 0 && size.ws_col > 1) width = size.ws_col - 1;
+  const int shown = static_cast<int>(width > 0 && text_.size() > width ? width : text_.size());
+  std::fprintf(stderr, "\r%.*s\x1b[K", shown, text_.c_str());
+  std::fflush(stderr);
+  drawn_ = true;
 }
 
 }  // namespace llamapro::cli

@@ -1,10 +1,14 @@
-// A progress line on stderr: redrawn in place on a terminal, printed every
-// 10 % otherwise (logs, CI). Not thread-safe.
+// Progress output on stderr: ProgressBar (a bar redrawn in place on a
+// terminal, printed every 10 % otherwise: logs, CI) and StatusLine (a free-form
+// line that other output scrolls above). Not thread-safe.
 #ifndef LLAMAPRO_CLIENT_PROGRESS_H_
 #define LLAMAPRO_CLIENT_PROGRESS_H_
 
 #include <cstdint>
+#include <cstdio>
 #include <string>
+
+#include "absl/strings/string_view.h"
 
 namespace llamapro::cli {
 
@@ -25,6 +29,30 @@ class ProgressBar {
   bool enabled_;
   bool tty_;
   int last_decile_ = -1;
+  bool drawn_ = false;
+};
+
+// One status line (e.g. a remote job's step, loss and ETA) on stderr, kept
+// below other output. On a terminal Show() redraws it in place (cut to the
+// terminal's width); otherwise each Show() prints it as a plain line.
+class StatusLine {
+ public:
+  // `enabled` false: Show() prints nothing; PrintAbove() still prints.
+  explicit StatusLine(bool enabled);
+  void Show(absl::string_view text);
+  // Prints `line` and a newline to `out` (flushed): on a terminal, the
+  // status line is erased first and redrawn below it.
+  void PrintAbove(std::FILE* out, absl::string_view line);
+  // Ends the status line (on a terminal) so later output starts clean.
+  void Finish();
+
+ private:
+  void Erase();
+  void Draw();
+
+  bool enabled_;
+  bool tty_;
+  std::string text_;
   bool drawn_ = false;
 };
 

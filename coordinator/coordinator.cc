@@ -120,6 +120,7 @@ Coordinator::~Coordinator() {
     }
   }
   if (ingest_thread_.joinable()) ingest_thread_.join();
+  if (retired_ingest_thread_.joinable()) retired_ingest_thread_.join();
 }
 
 absl::Status Coordinator::Load() {
@@ -997,7 +998,20 @@ void Coordinator::StartIngest(JobEntry* entry) {
          true)
       .IgnoreError();
   ingest_running_ = true;
-  if (ingest_thread_.joinable()) ingest_thread_.join();  // The previous one has finished.
+  // The previous ingest has finished (ingest_running_ was false). When it is
+  // this very thread (FinishIngest schedules the next one), it cannot join
+  // itself: it is retired and joined by the next start or the destructor.
+  if (retired_ingest_thread_.joinable() &&
+      retired_ingest_thread_.get_id() != std::this_thread::get_id()) {
+    retired_ingest_thread_.join();
+  }
+  if (ingest_thread_.joinable()) {
+    if (ingest_thread_.get_id() == std::this_thread::get_id()) {
+      retired_ingest_thread_ = std::move(ingest_thread_);
+    } else {
+      ingest_thread_.join();
+    }
+  }
   const uint64_t number = entry->number;
   const int32_t attempt = job.attempt();
   std::shared_ptr<std::atomic<bool>> cancel = entry->ingest_cancel;

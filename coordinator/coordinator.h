@@ -186,6 +186,7 @@ class Coordinator {
   std::map<std::string, std::string> rendezvous_;
   bool ingest_running_ = false;
   std::thread ingest_thread_;
+  std::thread retired_ingest_thread_;  // See StartIngest.
 };
 
 // "job-42" <-> 42.

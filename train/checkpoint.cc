@@ -153,6 +153,13 @@ absl::StatusOr<std::string> WriteTrainingCheckpoint(const CheckpointWriteOptions
   return final_dir;
 }
 
+absl::StatusOr<std::string> ResolveModelDir(const std::string& path) {
+  if (PathExists(JoinPath(path, kConfigFile)) || !PathExists(JoinPath(path, kLatestFile))) {
+    return path;  // A checkpoint, or missing: loading it names what is wrong.
+  }
+  return LatestCheckpoint(path);
+}
+
 absl::StatusOr<std::string> LatestCheckpoint(const std::string& output_dir) {
   const std::string path = JoinPath(output_dir, kLatestFile);
   if (!PathExists(path)) {

@@ -62,6 +62,11 @@ absl::StatusOr<std::string> WriteTrainingCheckpoint(const CheckpointWriteOptions
 
 // The directory `latest` names; NotFound when there is none.
 absl::StatusOr<std::string> LatestCheckpoint(const std::string& output_dir);
+
+// A model directory as users name it: a checkpoint (it has config.json), or a
+// training run's output_dir, which stands for its latest checkpoint. Lets a
+// pipeline's next job name the previous job's output_dir.
+absl::StatusOr<std::string> ResolveModelDir(const std::string& path);
 absl::StatusOr<TrainerState> LoadTrainerState(const std::string& checkpoint_dir);
 // Restores the exact fp32 values of the trainable tensors and the
 // optimizer's state from `checkpoint_dir`. Refuses a checkpoint whose

@@ -154,8 +154,12 @@ class MetricsLog {
 
 }  // namespace
 
-absl::StatusOr<TrainSummary> RunTraining(const JobConfig& config, const TrainOptions& options) {
+absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const TrainOptions& options) {
   const auto start = Clock::now();
+  // `model` may name an earlier run's output dir (a pipeline: sft after
+  // pretrain): train from its latest checkpoint.
+  JobConfig config = job_config;
+  LP_ASSIGN_OR_RETURN(config.model, ResolveModelDir(config.model));
   LocalCommunicator local;
   Communicator& comm = options.communicator != nullptr ? *options.communicator : local;
   const int rank = comm.rank();

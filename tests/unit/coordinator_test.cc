@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "base/file.h"
 #include "coordinator/server.h"
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
@@ -20,6 +21,7 @@
 #include "llamapro/v1/jobs.grpc.pb.h"
 #include "llamapro/v1/workers.grpc.pb.h"
 #include "rpc/rpc.h"
+#include "tests/testing/data_util.h"
 #include "tests/testing/test_util.h"
 
 namespace llamapro::coordinator {
@@ -588,6 +590,30 @@ TEST_F(CoordinatorTest, RunningAttemptWhoseRanksDoNotReturnAfterARestartIsRestar
   v1::Job restarted = WaitFor(job.id(), [](const v1::Job& j) { return j.restarts() == 1; });
   EXPECT_EQ(restarted.state(), v1::JOB_STATE_PENDING);
   EXPECT_THAT(restarted.last_failure(), HasSubstr("did not report back"));
+}
+
+TEST_F(CoordinatorTest, IngestJobsRunOneAfterAnotherInTheCoordinator) {
+  std::filesystem::copy_file(testing::TestTokenizerPath(), dir_.Join("tokenizer.model"));
+  std::vector<std::string> ids;
+  for (const std::string corpus : {"general", "code", "more"}) {
+    std::string text;
+    for (int i = 0; i < 200; ++i) absl::StrAppend(&text, corpus, " document number ", i, "\n");
+    ASSERT_TRUE(WriteFileAtomic(dir_.Join(corpus + ".txt"), text).ok());
+    v1::JobSpec spec;
+    spec.set_kind(v1::JOB_KIND_INGEST);
+    spec.mutable_ingest()->set_corpus(corpus);
+    spec.mutable_ingest()->set_tokenizer("tokenizer.model");
+    spec.mutable_ingest()->add_inputs(corpus + ".txt");
+    spec.mutable_ingest()->set_split_lines(true);
+    ids.push_back(Submit(spec).id());
+  }
+  // Each finished ingest starts the next from its own thread.
+  for (const std::string& id : ids) {
+    v1::Job done =
+        WaitFor(id, [](const v1::Job& j) { return j.state() >= v1::JOB_STATE_SUCCEEDED; });
+    EXPECT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.message();
+    EXPECT_EQ(done.result().at("documents"), 200);
+  }
 }
 
 TEST_F(CoordinatorTest, RendezvousServesKeysOfRunningAttemptsOnly) {
