@@ -152,7 +152,7 @@ absl::Status Coordinator::Load() {
       continue;
     }
     e->rank_done.assign(static_cast<size_t>(e->job.workers_size()), false);
-    e->adopt_deadline = now + options_.heartbeat_timeout;
+    e->adopt_deadline = now + options_.heartbeat_timeout + options_.adoption_grace;
     LP_RETURN_IF_ERROR(Record(e,
                               absl::StrCat("coordinator restarted; waiting for workers ",
                                            absl::StrJoin(e->job.workers(), ", "),

@@ -53,6 +53,10 @@ namespace llamapro::coordinator {
 struct CoordinatorOptions {
   // A worker silent for this long is lost; its attempt is aborted.
   std::chrono::milliseconds heartbeat_timeout{30000};
+  // After a restart of the coordinator, the ranks of a running attempt have
+  // heartbeat_timeout + adoption_grace to report back (their reconnect
+  // backoff, up to a few seconds, comes on top of the timeout).
+  std::chrono::milliseconds adoption_grace{15000};
   int ingest_threads = 0;  // Tokenizing threads of ingest jobs; 0: all cores.
 };
 

@@ -24,6 +24,7 @@ struct Flags {
   std::string auth_token_file;
   std::string tls_cert, tls_key;
   double heartbeat_timeout = 30;
+  double adoption_grace = 15;
   int ingest_threads = 0;
   std::string port_file, metrics_port_file;
 };
@@ -61,6 +62,11 @@ int Run(int argc, char** argv) {
                  "Seconds without a heartbeat before a worker is lost and its job restarted")
       ->capture_default_str()
       ->check(CLI::Range(0.2, 3600.0));
+  app.add_option("--adoption-grace", flags.adoption_grace,
+                 "After a restart, extra seconds (beyond --heartbeat-timeout) the ranks of a "
+                 "running attempt have to report back before it is restarted")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 3600.0));
   app.add_option("--ingest-threads", flags.ingest_threads,
                  "Tokenizing threads of ingest jobs (0: all cores)")
       ->capture_default_str();
@@ -90,6 +96,8 @@ int Run(int argc, char** argv) {
   options.tls_key = flags.tls_key;
   options.heartbeat_timeout =
       std::chrono::milliseconds(static_cast<int64_t>(flags.heartbeat_timeout * 1000));
+  options.adoption_grace =
+      std::chrono::milliseconds(static_cast<int64_t>(flags.adoption_grace * 1000));
   options.ingest_threads = flags.ingest_threads;
   if (!flags.auth_token_file.empty()) {
     auto token = llamapro::rpc::ReadTokenFile(flags.auth_token_file);

@@ -338,6 +338,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
       server->coordinator_,
       Coordinator::Create(server->store_.get(), std::move(paths),
                           CoordinatorOptions{.heartbeat_timeout = options.heartbeat_timeout,
+                                             .adoption_grace = options.adoption_grace,
                                              .ingest_threads = options.ingest_threads}));
   server->data_ = std::make_unique<StoreDataSource>(server->store_.get());
   server->metrics_ = std::make_unique<Metrics>(server->coordinator_.get());

@@ -30,6 +30,7 @@ struct ServerOptions {
   std::string auth_token;                         // Empty: no authentication.
   std::string tls_cert, tls_key;                  // PEM files; both or neither.
   std::chrono::milliseconds heartbeat_timeout{30000};
+  std::chrono::milliseconds adoption_grace{15000};  // CoordinatorOptions.
   int ingest_threads = 0;
 };
 

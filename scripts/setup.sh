@@ -27,8 +27,9 @@ packages=(
   # Services (control plane): gRPC, protobuf, RocksDB, Gloo, Prometheus client.
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler librocksdb-dev
   libgloo-dev prometheus-cpp-dev
-  # Tests and benchmarks.
-  libgtest-dev libgmock-dev libbenchmark-dev time
+  # Tests and benchmarks; promtool (prometheus) checks /metrics, python3-grpcio
+  # is the any-language client of the integration tests.
+  libgtest-dev libgmock-dev libbenchmark-dev time prometheus python3-grpcio python3-protobuf
   # Debian's own SentencePiece tools (spm_encode): the reference the tokenizer is tested against.
   sentencepiece
   # Python for the transformers compatibility tests.

@@ -140,6 +140,7 @@ class CoordinatorTest : public ::testing::Test {
     options.data_dir = dir_.path();
     options.metrics_listen = "";
     options.heartbeat_timeout = kTimeout;
+    options.adoption_grace = kTimeout / 2;
     options.auth_token = token;
     TestToken() = token;
     auto server = Server::Start(options);
