@@ -115,6 +115,7 @@ absl::StatusOr<std::unique_ptr<Coordinator>> Coordinator::Create(TokenStore* sto
 Coordinator::~Coordinator() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
+    shutting_down_ = true;
     for (auto& [number, entry] : jobs_) {
       if (entry->ingest_cancel) entry->ingest_cancel->store(true);
     }
@@ -581,7 +582,8 @@ bool Coordinator::AttemptIsCurrent(const WorkerEntry& worker) const {
   if (it == jobs_.end()) return false;
   const v1::Job& job = it->second->job;
   return job.state() == v1::JOB_STATE_RUNNING && job.attempt() == worker.attempt &&
-         worker.rank < job.workers_size() && job.workers(worker.rank) == worker.info.name();
+         worker.rank >= 0 && worker.rank < job.workers_size() &&
+         job.workers(worker.rank) == worker.info.name();
 }
 
 absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterRequest& request) {
@@ -594,6 +596,11 @@ absl::StatusOr<v1::RegisterResponse> Coordinator::Register(const v1::RegisterReq
   }
   if (request.running_job_id().empty() != (request.running_attempt() == 0)) {
     return Invalid("running_attempt", "goes with running_job_id");
+  }
+  if (request.running_attempt() < 0) return Invalid("running_attempt", "must not be negative");
+  if (request.running_rank() < 0 ||
+      (request.running_job_id().empty() && request.running_rank() != 0)) {
+    return Invalid("running_rank", "must be >= 0, and 0 without running_job_id");
   }
   std::lock_guard<std::mutex> lock(mutex_);
   std::unique_ptr<WorkerEntry>& slot = workers_[request.name()];
@@ -681,7 +688,11 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
     return response;
   }
   w->last_heartbeat = Clock::now();
-  if (w->lost) {
+  if (request.stopping()) {
+    // Its last report: take it, then schedule nothing onto it.
+    w->lost = true;
+    Log(absl::StrCat("worker ", w->info.name(), " is shutting down"));
+  } else if (w->lost) {
     w->lost = false;
     Log(absl::StrCat("worker ", w->info.name(), " is back"));
   }
@@ -1051,6 +1062,12 @@ void Coordinator::FinishIngest(uint64_t number, int32_t attempt, const absl::Sta
   ingest_running_ = false;
   JobEntry* entry = jobs_.at(number).get();
   entry->ingest_cancel.reset();
+  if (shutting_down_) {
+    // Stopped by our shutdown, not by the user: the job stays RUNNING in the
+    // store and Load() runs it again (ingestion resumes by file), and
+    // nothing new starts.
+    return;
+  }
   v1::Job& job = entry->job;
   if (job.state() == v1::JOB_STATE_RUNNING && job.attempt() == attempt) {
     if (status.ok()) {

@@ -189,6 +189,7 @@ class Coordinator {
   std::map<std::string, std::unique_ptr<WorkerEntry>> workers_;  // By name.
   std::map<std::string, std::string> rendezvous_;
   bool ingest_running_ = false;
+  bool shutting_down_ = false;  // Set by the destructor.
   std::thread ingest_thread_;
   std::thread retired_ingest_thread_;  // See StartIngest.
 };

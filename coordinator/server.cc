@@ -1,5 +1,6 @@
 #include "coordinator/server.h"
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -22,6 +23,15 @@ using Clock = std::chrono::steady_clock;
 constexpr int kMaxRequestBytes = 8 << 20;
 // Samples per streamed message, and the most one call may ask for.
 constexpr int64_t kSamplesPerMessage = 64;
+// A message holds at most this many tokens (a sample's ids and loss mask
+// are ~8 bytes per token), far below the channel's 128 MiB message limit.
+constexpr int64_t kTokensPerMessage = 4 << 20;
+
+// Samples per streamed message for sequences of `seq_len` tokens.
+int64_t SamplesPerMessage(int64_t seq_len) {
+  return std::clamp<int64_t>(kTokensPerMessage / std::max<int64_t>(seq_len, 1), 1,
+                             kSamplesPerMessage);
+}
 constexpr int64_t kMaxSamplesPerCall = 4096;
 constexpr int64_t kMaxSeqLen = 1 << 20;
 
@@ -220,15 +230,15 @@ class Server::Services {
         options.seq_len = request->seq_len();
         options.seed = request->seed();
         const int64_t stride = request->stride() == 0 ? 1 : request->stride();
-        if (request->start() < 0 || stride < 1) {
-          return Invalid("start", "start must be >= 0 and stride >= 1");
-        }
+        if (request->start() < 0) return Invalid("start", "must be >= 0");
+        if (stride < 1) return Invalid("stride", "must be >= 1 (0: 1)");
         if (request->count() < 0 || request->count() > kMaxSamplesPerCall) {
           return Invalid("count", absl::StrCat("must be in [0, ", kMaxSamplesPerCall, "]"));
         }
         std::vector<Sample> samples;
-        for (int64_t done = 0; done < request->count(); done += kSamplesPerMessage) {
-          const int64_t n = std::min(kSamplesPerMessage, request->count() - done);
+        const int64_t per_message = SamplesPerMessage(request->seq_len());
+        for (int64_t done = 0; done < request->count(); done += per_message) {
+          const int64_t n = std::min(per_message, request->count() - done);
           absl::Status read = s_->data_->ReadSamples(options, request->start() + done * stride,
                                                      stride, n, &samples);
           if (!read.ok()) return rpc::ToGrpc(read);
@@ -252,8 +262,9 @@ class Server::Services {
           return Invalid("count", absl::StrCat("must be in [0, ", kMaxSamplesPerCall, "]"));
         }
         std::vector<Sample> samples;
-        for (int64_t done = 0; done < request->count(); done += kSamplesPerMessage) {
-          const int64_t n = std::min(kSamplesPerMessage, request->count() - done);
+        const int64_t per_message = SamplesPerMessage(request->seq_len());
+        for (int64_t done = 0; done < request->count(); done += per_message) {
+          const int64_t n = std::min(per_message, request->count() - done);
           absl::Status read = s_->data_->ReadHeldOut(request->corpus(), request->seq_len(),
                                                      request->start() + done, n, &samples);
           if (!read.ok()) return rpc::ToGrpc(read);

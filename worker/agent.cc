@@ -447,6 +447,19 @@ void WorkerAgent::Shutdown() {
   {
     std::unique_lock<std::mutex> lock(mutex_);
     if (task_ == nullptr) {
+      if (!worker_id_.empty()) {
+        // Tell the coordinator not to assign anything to us any more (best
+        // effort: without it, it finds out from its heartbeat timeout).
+        request.set_worker_id(worker_id_);
+        request.set_status(v1::TASK_STATUS_IDLE);
+        request.set_stopping(true);
+        lock.unlock();
+        grpc::ClientContext context;
+        rpc::PrepareContext(&context, options_.coordinator,
+                            std::min(options_.rpc_timeout, kShutdownReportFor));
+        v1::HeartbeatResponse response;
+        stub_->Heartbeat(&context, request, &response).IgnoreError();
+      }
       Log("stopped");
       return;
     }
@@ -459,6 +472,7 @@ void WorkerAgent::Shutdown() {
     }
     finished = task->finished;
     request.set_worker_id(worker_id_);
+    request.set_stopping(true);
     request.set_job_id(task->assignment.job_id());
     request.set_attempt(task->assignment.attempt());
     *request.mutable_progress() = task->progress;

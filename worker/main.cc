@@ -41,7 +41,7 @@ struct Flags {
   std::string tls_ca;
   bool tls = false;
   std::string tls_server_name;
-  std::string metrics_listen;
+  std::string metrics_listen = "127.0.0.1:0";
   std::string collective_address = "127.0.0.1";
   int collective_timeout = 300;
   int threads = 0;
@@ -113,8 +113,10 @@ int Run(int argc, char** argv) {
   app.add_flag("--tls", flags.tls, "TLS with the system's root certificates");
   app.add_option("--tls-server-name", flags.tls_server_name,
                  "Name expected in the coordinator's certificate (default: the host)");
-  app.add_option("--metrics-listen", flags.metrics_listen,
-                 "Serve Prometheus /metrics on host:port (port 0 picks one); empty: none")
+  app.add_option(
+         "--metrics-listen", flags.metrics_listen,
+         "Serve Prometheus /metrics on host:port (port 0 picks one; the address is reported to "
+         "the coordinator and shown by llamaproctl workers); empty: none")
       ->capture_default_str();
   app.add_option("--collective-address", flags.collective_address,
                  "Address other ranks reach this worker's Gloo endpoint at")

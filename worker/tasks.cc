@@ -107,7 +107,9 @@ absl::StatusOr<TaskResult> RunExpand(const v1::Assignment& assignment, const Tas
                      absl::StrCat("must be keep, f32, bf16 or f16, got \"", job.dtype(), "\""));
   }
   options.verify = job.verify();
-  options.force = job.force();
+  // A restarted attempt may find the output of the aborted one (the
+  // coordinator lets no other active job write this directory).
+  options.force = job.force() || assignment.attempt() > 1;
   Log(hooks, absl::StrCat("expand ", options.model_dir, " -> ", options.out_dir, " (", layout,
                           ", add ", job.add_blocks(), " blocks)"));
   options.progress = [&hooks](const ExpandProgress& p) {

@@ -119,6 +119,7 @@ class FakeWorker {
   }
 
   const std::string& name() const { return name_; }
+  const std::string& id() const { return id_; }
 
  private:
   v1::WorkerService::Stub* stub_;
@@ -418,6 +419,50 @@ TEST_F(CoordinatorTest, LostWorkerAbortsTheAttemptOnEveryRankAndTheJobResumes) {
   EXPECT_EQ(ra.assignment().attempt(), 2);
   EXPECT_TRUE(ra.assignment().resume());
   EXPECT_NE(ra.assignment().rendezvous_prefix(), "");
+}
+
+TEST_F(CoordinatorTest, AStoppingWorkerGetsNoNewAssignment) {
+  v1::JobSpec spec = PretrainSpec("run", 1);
+  v1::Job job = Submit(spec);
+  FakeWorker a(workers_.get(), "a");
+  a.Register();
+  ASSERT_TRUE(a.Beat().has_assignment());
+  a.Beat(v1::TASK_STATUS_RUNNING, job.id(), 1);
+  // SIGTERM: the task stops and the worker says it is going.
+  v1::HeartbeatRequest request;
+  request.set_worker_id(a.id());
+  request.set_job_id(job.id());
+  request.set_attempt(1);
+  request.set_status(v1::TASK_STATUS_FAILED);
+  request.set_error_code(static_cast<int>(grpc::StatusCode::UNAVAILABLE));
+  request.set_message("worker shutting down");
+  request.set_stopping(true);
+  v1::HeartbeatResponse response;
+  grpc::ClientContext context;
+  Authorize(&context);
+  ASSERT_TRUE(workers_->Heartbeat(&context, request, &response).ok());
+  EXPECT_FALSE(response.has_assignment()) << "the restarted attempt must go elsewhere";
+  v1::Job pending = Get(job.id());
+  EXPECT_EQ(pending.state(), v1::JOB_STATE_PENDING);
+  EXPECT_EQ(pending.restarts(), 1);
+  FakeWorker b(workers_.get(), "b");
+  b.Register();
+  EXPECT_EQ(b.Beat().assignment().attempt(), 2);
+}
+
+TEST_F(CoordinatorTest, RegisterValidatesTheRunningTask) {
+  v1::RegisterRequest request;
+  request.set_name("w");
+  request.set_device("cpu");
+  request.set_running_job_id("job-1");
+  request.set_running_attempt(1);
+  request.set_running_rank(-1);
+  v1::RegisterResponse response;
+  grpc::ClientContext context;
+  Authorize(&context);
+  grpc::Status s = workers_->Register(&context, request, &response);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_THAT(s.error_message(), HasSubstr("running_rank"));
 }
 
 TEST_F(CoordinatorTest, TransientRankFailuresRestartUntilMaxRestartsThenFail) {
