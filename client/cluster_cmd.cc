@@ -394,8 +394,10 @@ void RunUp(const UpFlags& flags) {
   for (int i = 0; i < flags.workers; ++i) {
     const std::string name = absl::StrCat("worker-", i);
     std::vector<std::string> worker_args = {
-        "--coordinator", remote.coordinator,   "--name", name, "--device", "cpu",
-        "--threads",     absl::StrCat(threads)};
+        "--coordinator", remote.coordinator, "--name", name, "--device", "cpu", "--threads",
+        absl::StrCat(threads),
+        // Within our own grace before SIGKILL, so a task's end is reported.
+        "--shutdown-grace", absl::StrCat(kStopGrace.count() - 2)};
     if (!token_file.empty())
       worker_args.insert(worker_args.end(), {"--auth-token-file", token_file});
     cluster.Start(name, worker_binary, worker_args, log_dir);

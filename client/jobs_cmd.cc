@@ -73,7 +73,7 @@ std::string ProgressText(const v1::JobEvent& event) {
   if (p.total_steps() > 0) {
     absl::StrAppendFormat(&text, " (%.1f%%)", 100.0 * p.step() / p.total_steps());
   }
-  if (p.step() > 0) absl::StrAppendFormat(&text, "  loss %.4f", p.loss());
+  if (p.step() > 0 && p.loss() != 0) absl::StrAppendFormat(&text, "  loss %.4f", p.loss());
   if (p.learning_rate() > 0) absl::StrAppendFormat(&text, "  lr %.3g", p.learning_rate());
   if (p.tokens_per_second() > 0) {
     absl::StrAppend(&text, "  ", FormatCount(static_cast<uint64_t>(p.tokens_per_second())),
@@ -254,7 +254,7 @@ void RunJobs(const JobsFlags& flags) {
         {job.id(), job.spec().name().empty() ? "-" : job.spec().name(),
          std::string(client::JobKindName(job.spec().kind())), JobStateName(job.state()),
          job.attempt() > 0 ? absl::StrCat(job.attempt()) : "-", StepText(p),
-         p.step() > 0 ? absl::StrFormat("%.4f", p.loss()) : "-",
+         p.step() > 0 && p.loss() != 0 ? absl::StrFormat("%.4f", p.loss()) : "-",
          job.created().seconds() > 0 ? FormatAge(now - EpochSeconds(job.created())) : "-",
          OneLine(job.message(), 60)});
   }
@@ -333,6 +333,7 @@ void PrintJob(const v1::Job& job) {
       {"state", JobStateName(job.state())},
   };
   if (!job.message().empty()) rows.push_back({"message", job.message()});
+  if (!job.last_failure().empty()) rows.push_back({"last failure", job.last_failure()});
   rows.push_back(
       {"attempt", absl::StrCat(job.attempt(), " (", job.restarts(), " restart",
                                job.restarts() == 1 ? "" : "s", ", at most ",
@@ -350,7 +351,7 @@ void PrintJob(const v1::Job& job) {
   rows.push_back({"finished", when(job.finished())});
   if (job.has_progress()) {
     std::string progress = absl::StrCat("step ", StepText(p));
-    if (p.step() > 0) absl::StrAppendFormat(&progress, ", loss %.4f", p.loss());
+    if (p.step() > 0 && p.loss() != 0) absl::StrAppendFormat(&progress, ", loss %.4f", p.loss());
     if (p.learning_rate() > 0) absl::StrAppendFormat(&progress, ", lr %.3g", p.learning_rate());
     if (p.grad_norm() > 0) absl::StrAppendFormat(&progress, ", grad norm %.3f", p.grad_norm());
     if (p.tokens_per_second() > 0) {

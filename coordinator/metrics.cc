@@ -63,10 +63,13 @@ class Metrics::StateCollector : public prometheus::Collectable {
     }
     MetricFamily restarts =
         Family("llamapro_job_restarts_total",
-               "Attempts restarted after a lost worker, over all jobs.", MetricType::Counter);
+               "Attempts restarted after a lost worker or a transient rank failure, over all jobs.",
+               MetricType::Counter);
     Add(&restarts, {}, static_cast<double>(s.restarts_total));
 
-    MetricFamily step = Family("llamapro_job_step", "Optimizer steps completed by a running job.",
+    MetricFamily step = Family("llamapro_job_step",
+                               "Steps completed by a running job (optimizer steps; tensors, "
+                               "corpora or files for expand, eval, ingest).",
                                MetricType::Gauge);
     MetricFamily total_steps = Family("llamapro_job_total_steps",
                                       "Optimizer steps a running job will run.", MetricType::Gauge);
