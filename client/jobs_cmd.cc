@@ -20,6 +20,7 @@
 #include "client/submit_spec.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/message.h"
+#include "rpc/rpc.h"
 
 namespace llamapro::cli {
 namespace {
@@ -194,7 +195,7 @@ void RunSubmit(const SubmitFlags& flags) {
     if (!flags.remote.json && jobs.size() > 1) {
       std::printf("== job %s%s (%s)\n", job.id().c_str(),
                   job.spec().name().empty() ? "" : (" " + job.spec().name()).c_str(),
-                  std::string(client::JobKindName(job.spec().kind())).c_str());
+                  std::string(rpc::JobKindName(job.spec().kind())).c_str());
       std::fflush(stdout);
     }
     const int code = WatchToEnd(*client, job.id(), flags.remote.json);
@@ -252,7 +253,7 @@ void RunJobs(const JobsFlags& flags) {
     const v1::Progress& p = job.progress();
     rows.push_back(
         {job.id(), job.spec().name().empty() ? "-" : job.spec().name(),
-         std::string(client::JobKindName(job.spec().kind())), JobStateName(job.state()),
+         std::string(rpc::JobKindName(job.spec().kind())), JobStateName(job.state()),
          job.attempt() > 0 ? absl::StrCat(job.attempt()) : "-", StepText(p),
          p.step() > 0 && p.loss() != 0 ? absl::StrFormat("%.4f", p.loss()) : "-",
          job.created().seconds() > 0 ? FormatAge(now - EpochSeconds(job.created())) : "-",
@@ -329,7 +330,7 @@ void PrintJob(const v1::Job& job) {
   std::vector<std::vector<std::string>> rows = {
       {"id", job.id()},
       {"name", spec.name().empty() ? "-" : spec.name()},
-      {"kind", std::string(client::JobKindName(spec.kind()))},
+      {"kind", std::string(rpc::JobKindName(spec.kind()))},
       {"state", JobStateName(job.state())},
   };
   if (!job.message().empty()) rows.push_back({"message", job.message()});

@@ -24,6 +24,7 @@
 #include "base/check.h"
 #include "base/file.h"
 #include "base/status_macros.h"
+#include "rpc/rpc.h"
 #include "train/config.h"
 #include "yaml-cpp/yaml.h"
 
@@ -349,10 +350,10 @@ absl::StatusOr<SubmitDocument> ParseDocument(const DocumentReader& reader, const
       // validation to report).
       train_config.force_insert(entry.first, entry.second);
     } else if (!Contains(KindKeys(kind), key)) {
-      return reader.Error(key,
-                          absl::StrCat("unknown key for kind ", JobKindName(kind), " (it takes ",
-                                       absl::StrJoin(KindKeys(kind), ", "), "; every kind takes ",
-                                       absl::StrJoin(SubmitKeys(), ", "), ")"));
+      return reader.Error(
+          key, absl::StrCat("unknown key for kind ", rpc::JobKindName(kind), " (it takes ",
+                            absl::StrJoin(KindKeys(kind), ", "), "; every kind takes ",
+                            absl::StrJoin(SubmitKeys(), ", "), ")"));
     }
   }
 
@@ -364,7 +365,7 @@ absl::StatusOr<SubmitDocument> ParseDocument(const DocumentReader& reader, const
     LP_ASSIGN_OR_RETURN(int64_t n, reader.Integer(doc["world_size"], "world_size", 1, kInt32Max,
                                                   "an integer >= 1"));
     if (!training && n != 1) {
-      return reader.Error("world_size", absl::StrCat("a job of kind ", JobKindName(kind),
+      return reader.Error("world_size", absl::StrCat("a job of kind ", rpc::JobKindName(kind),
                                                      " runs on one worker; must be 1"));
     }
     spec->set_world_size(static_cast<int32_t>(n));
@@ -410,27 +411,10 @@ absl::StatusOr<SubmitDocument> ParseDocument(const DocumentReader& reader, const
 
 }  // namespace
 
-absl::string_view JobKindName(v1::JobKind kind) {
-  switch (kind) {
-    case v1::JOB_KIND_EXPAND:
-      return "expand";
-    case v1::JOB_KIND_PRETRAIN:
-      return "pretrain";
-    case v1::JOB_KIND_SFT:
-      return "sft";
-    case v1::JOB_KIND_EVAL:
-      return "eval";
-    case v1::JOB_KIND_INGEST:
-      return "ingest";
-    default:
-      return "unspecified";
-  }
-}
-
 v1::JobKind ParseJobKind(absl::string_view name) {
   for (v1::JobKind kind : {v1::JOB_KIND_EXPAND, v1::JOB_KIND_PRETRAIN, v1::JOB_KIND_SFT,
                            v1::JOB_KIND_EVAL, v1::JOB_KIND_INGEST}) {
-    if (JobKindName(kind) == name) return kind;
+    if (rpc::JobKindName(kind) == name) return kind;
   }
   return v1::JOB_KIND_UNSPECIFIED;
 }

@@ -59,9 +59,7 @@ absl::StatusOr<std::vector<SubmitDocument>> LoadSubmitFile(const std::string& pa
 v1::SubmitJobRequest ResolveDependencies(const SubmitDocument& document,
                                          absl::Span<const std::string> job_ids);
 
-// "expand", "pretrain", ... for JOB_KIND_*; "unspecified" otherwise.
-absl::string_view JobKindName(v1::JobKind kind);
-// The inverse of JobKindName (exact, lower case); JOB_KIND_UNSPECIFIED for
+// The inverse of rpc::JobKindName (exact, lower case); JOB_KIND_UNSPECIFIED for
 // any other name.
 v1::JobKind ParseJobKind(absl::string_view name);
 

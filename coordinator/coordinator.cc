@@ -19,6 +19,7 @@
 #include "data/sft.h"
 #include "google/protobuf/util/time_util.h"
 #include "model/expand.h"
+#include "rpc/rpc.h"
 #include "train/config.h"
 
 namespace llamapro::coordinator {
@@ -41,11 +42,6 @@ void Log(const std::string& line) {
 
 absl::Status Invalid(absl::string_view field, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(field, ": ", what));
-}
-
-std::string KindName(v1::JobKind kind) {
-  std::string name = v1::JobKind_Name(kind);
-  return absl::AsciiStrToLower(absl::StripPrefix(name, "JOB_KIND_"));
 }
 
 std::string StateName(v1::JobState state) {
@@ -198,9 +194,9 @@ absl::StatusOr<v1::JobSpec> Coordinator::ValidateSpec(const v1::JobSpec& in,
     return Invalid("spec.train_config_yaml", "only pretrain and sft jobs take a training config");
   }
   if (!training && spec.world_size() != 1) {
-    return Invalid(
-        "spec.world_size",
-        absl::StrCat(KindName(spec.kind()), " jobs run on one worker, got ", spec.world_size()));
+    return Invalid("spec.world_size",
+                   absl::StrCat(rpc::JobKindName(spec.kind()), " jobs run on one worker, got ",
+                                spec.world_size()));
   }
   auto only = [&spec](bool expand, bool eval, bool ingest) -> absl::Status {
     if (!expand && spec.has_expand()) return Invalid("spec.expand", "only for expand jobs");
@@ -422,7 +418,7 @@ absl::StatusOr<v1::Job> Coordinator::Submit(const v1::SubmitJobRequest& request)
   absl::Status recorded =
       Record(e,
              absl::StrCat(
-                 "submitted ", KindName(e->job.spec().kind()), " job",
+                 "submitted ", rpc::JobKindName(e->job.spec().kind()), " job",
                  e->job.spec().name().empty() ? "" : absl::StrCat(" '", e->job.spec().name(), "'"),
                  e->job.spec().world_size() > 1
                      ? absl::StrCat(" on ", e->job.spec().world_size(), " workers")
@@ -1099,7 +1095,7 @@ MetricsSnapshot Coordinator::Snapshot() const {
     if (job.state() != v1::JOB_STATE_RUNNING) continue;
     s.running.push_back(JobMetricsView{.id = job.id(),
                                        .name = job.spec().name(),
-                                       .kind = KindName(job.spec().kind()),
+                                       .kind = rpc::JobKindName(job.spec().kind()),
                                        .state = job.state(),
                                        .restarts = job.restarts(),
                                        .progress = job.progress()});

@@ -6,6 +6,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/strip.h"
 #include "base/file.h"
 #include "base/status_macros.h"
 
@@ -111,6 +112,10 @@ grpc::Status CheckBearerToken(const grpc::ServerContextBase& context, absl::stri
   }
   if (diff != 0) return grpc::Status(grpc::StatusCode::UNAUTHENTICATED, "invalid bearer token");
   return grpc::Status::OK;
+}
+
+std::string JobKindName(v1::JobKind kind) {
+  return absl::AsciiStrToLower(absl::StripPrefix(v1::JobKind_Name(kind), "JOB_KIND_"));
 }
 
 }  // namespace llamapro::rpc

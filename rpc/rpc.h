@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "grpcpp/grpcpp.h"
+#include "llamapro/v1/jobs.pb.h"
 
 namespace llamapro::rpc {
 
@@ -61,6 +62,10 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> MakeServerCredentials(
 // always OK). UNAUTHENTICATED when it is missing or wrong; compared in
 // constant time.
 grpc::Status CheckBearerToken(const grpc::ServerContextBase& context, absl::string_view expected);
+
+// "expand", "pretrain", "sft", "eval", "ingest" (the enum name without its
+// JOB_KIND_ prefix, lower case); "unspecified" for JOB_KIND_UNSPECIFIED.
+std::string JobKindName(v1::JobKind kind);
 
 }  // namespace llamapro::rpc
 

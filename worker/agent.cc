@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "rpc/rpc.h"
 #include "worker/remote_data_source.h"
 #include "worker/tasks.h"
 
@@ -36,23 +37,6 @@ std::string CodeName(grpc::StatusCode code) {
 
 std::string Describe(const grpc::Status& status) {
   return absl::StrCat(CodeName(status.error_code()), ": ", status.error_message());
-}
-
-const char* KindName(v1::JobKind kind) {
-  switch (kind) {
-    case v1::JOB_KIND_EXPAND:
-      return "expand";
-    case v1::JOB_KIND_PRETRAIN:
-      return "pretrain";
-    case v1::JOB_KIND_SFT:
-      return "sft";
-    case v1::JOB_KIND_EVAL:
-      return "eval";
-    case v1::JOB_KIND_INGEST:
-      return "ingest";
-    default:
-      return "unknown";
-  }
 }
 
 const char* OutcomeName(v1::TaskStatus status) {
@@ -330,7 +314,7 @@ void WorkerAgent::StartTask(const v1::Assignment& assignment) {
   task_ = std::move(task);
   if (options_.metrics != nullptr) options_.metrics->SetBusy(true);
   const int world = std::max(1, assignment.world_size());
-  Log(absl::StrCat("assigned ", raw->Name(), ": ", KindName(assignment.spec().kind()),
+  Log(absl::StrCat("assigned ", raw->Name(), ": ", rpc::JobKindName(assignment.spec().kind()),
                    world > 1 ? absl::StrCat(", rank ", assignment.rank(), " of ", world) : "",
                    assignment.resume() ? ", resuming" : ""));
   raw->thread = std::thread(&WorkerAgent::RunTask, this, raw);

@@ -8,6 +8,7 @@
 #include "absl/strings/match.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "rpc/rpc.h"
 #include "train/config.h"
 
 namespace llamapro::client {
@@ -250,7 +251,7 @@ TEST(SubmitSpecTest, RequestIdsAreDistinctVersion4Uuids) {
 TEST(SubmitSpecTest, JobKindNamesRoundTrip) {
   for (v1::JobKind kind : {v1::JOB_KIND_EXPAND, v1::JOB_KIND_PRETRAIN, v1::JOB_KIND_SFT,
                            v1::JOB_KIND_EVAL, v1::JOB_KIND_INGEST}) {
-    EXPECT_EQ(ParseJobKind(JobKindName(kind)), kind);
+    EXPECT_EQ(ParseJobKind(rpc::JobKindName(kind)), kind);
   }
   EXPECT_EQ(ParseJobKind("Expand"), v1::JOB_KIND_UNSPECIFIED);
 }
