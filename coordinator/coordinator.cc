@@ -534,29 +534,18 @@ void Coordinator::ReleaseRendezvous(const v1::Job& job) {
   }
 }
 
-absl::Status Coordinator::Watch(absl::string_view id, int64_t after_sequence,
-                                const std::function<bool(const v1::JobEvent&)>& send,
-                                const std::function<bool()>& stop) {
+absl::Status Coordinator::EventsAfter(absl::string_view id, int64_t after_sequence,
+                                      std::vector<v1::JobEvent>* events, bool* terminal) const {
   if (after_sequence < 0) return Invalid("after_sequence", "must not be negative");
-  std::unique_lock<std::mutex> lock(mutex_);
-  LP_ASSIGN_OR_RETURN(JobEntry * entry, Find(id));
-  size_t next = static_cast<size_t>(after_sequence);
-  while (true) {
-    if (next < entry->events.size()) {
-      std::vector<v1::JobEvent> batch(entry->events.begin() + static_cast<std::ptrdiff_t>(next),
-                                      entry->events.end());
-      next = entry->events.size();
-      lock.unlock();
-      for (const v1::JobEvent& event : batch) {
-        if (!send(event)) return absl::CancelledError("the watcher went away");
-      }
-      lock.lock();
-      continue;
-    }
-    if (IsTerminal(entry->job.state())) return absl::OkStatus();
-    if (stop()) return absl::CancelledError("the watcher went away");
-    changed_.wait_for(lock, std::chrono::milliseconds(250));
+  std::lock_guard<std::mutex> lock(mutex_);
+  LP_ASSIGN_OR_RETURN(const JobEntry* entry, Find(id));
+  events->clear();
+  // Sequences count from 1 and index events_ from 0.
+  for (auto i = static_cast<size_t>(after_sequence); i < entry->events.size(); ++i) {
+    events->push_back(entry->events[i]);
   }
+  *terminal = IsTerminal(entry->job.state());
+  return absl::OkStatus();
 }
 
 // --- Workers ---------------------------------------------------------------

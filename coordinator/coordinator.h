@@ -94,13 +94,10 @@ class Coordinator {
   absl::StatusOr<v1::ListJobsResponse> ListJobs(const v1::ListJobsRequest& request) const;
   // Cancelling a terminal job returns it unchanged.
   absl::StatusOr<v1::Job> Cancel(absl::string_view id);
-  // Calls `send` with each event after `after_sequence`, then with new ones
-  // as they happen; returns OK once the job is terminal and every event was
-  // sent, Cancelled when `send` returns false or `stop` returns true (polled
-  // a few times a second). `send` runs without the lock held.
-  absl::Status Watch(absl::string_view id, int64_t after_sequence,
-                     const std::function<bool(const v1::JobEvent&)>& send,
-                     const std::function<bool()>& stop);
+  // The events after `after_sequence` (in order) and whether the job is
+  // terminal, so no event will follow them: what a watcher sends next.
+  absl::Status EventsAfter(absl::string_view id, int64_t after_sequence,
+                           std::vector<v1::JobEvent>* events, bool* terminal) const;
 
   // --- WorkerService.
   absl::StatusOr<v1::RegisterResponse> Register(const v1::RegisterRequest& request);

@@ -2,11 +2,14 @@
 
 #include <algorithm>
 #include <cstring>
+#include <mutex>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "base/file.h"
 #include "base/status_macros.h"
+#include "grpcpp/alarm.h"
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 #include "llamapro/v1/data.grpc.pb.h"
@@ -111,7 +114,7 @@ class Server::Services {
         token_(std::move(token)) {}
 
   template <typename F>
-  grpc::Status Call(grpc::ServerContext* context, const char* method, F&& body) {
+  grpc::Status Call(grpc::ServerContextBase* context, const char* method, F&& body) {
     const auto start = Clock::now();
     grpc::Status status = rpc::CheckBearerToken(*context, token_);
     if (status.ok()) status = body();
@@ -120,7 +123,111 @@ class Server::Services {
     return status;
   }
 
-  class Jobs final : public v1::JobService::Service {
+  // One WatchJob stream: sends the events after the requested one, one write
+  // at a time, then polls for new ones every kWatchPoll until the job is
+  // terminal; its last event goes out with the status. Deletes itself when
+  // gRPC is done with it. Exactly one of a write or the alarm is pending
+  // until Finish, which runs once.
+  class WatchReactor final : public grpc::ServerWriteReactor<v1::JobEvent> {
+   public:
+    WatchReactor(Services* s, grpc::CallbackServerContext* context,
+                 const v1::WatchJobRequest& request)
+        : s_(s), id_(request.id()), after_(request.after_sequence()), start_(Clock::now()) {
+      const grpc::Status auth = rpc::CheckBearerToken(*context, s_->token_);
+      if (!auth.ok()) {
+        End(auth);
+        return;
+      }
+      Poll();
+    }
+    void OnWriteDone(bool ok) override {
+      if (!ok) {
+        End(grpc::Status(grpc::StatusCode::CANCELLED, "the watcher went away"));
+        return;
+      }
+      WriteNext();
+    }
+    void OnCancel() override {
+      std::lock_guard<std::mutex> lock(mutex_);
+      cancelled_ = true;
+      alarm_.Cancel();  // Its callback ends the call.
+    }
+    void OnDone() override { delete this; }
+
+   private:
+    static constexpr std::chrono::milliseconds kWatchPoll{100};
+
+    void Poll() {
+      bool terminal = false;
+      const absl::Status status = s_->coordinator_->EventsAfter(id_, after_, &events_, &terminal);
+      if (!status.ok()) {
+        End(rpc::ToGrpc(status));
+        return;
+      }
+      next_ = 0;
+      terminal_ = terminal;
+      WriteNext();
+    }
+    void WriteNext() {
+      if (next_ < events_.size()) {
+        const v1::JobEvent& event = events_[next_++];
+        after_ = event.sequence();
+        if (next_ == events_.size() && terminal_) {
+          ended_ = true;
+          StartWriteAndFinish(&event, grpc::WriteOptions(), Observe(grpc::Status::OK));
+        } else {  // No buffer_hint: gRPC 1.51 then holds writes for up to seconds.
+          StartWrite(&event);
+        }
+        return;
+      }
+      if (terminal_) {
+        End(grpc::Status::OK);
+        return;
+      }
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!cancelled_) {
+          alarm_.Set(std::chrono::system_clock::now() + kWatchPoll, [this](bool fired) {
+            if (fired) {
+              Poll();
+            } else {
+              End(grpc::Status(grpc::StatusCode::CANCELLED, "the watcher went away"));
+            }
+          });
+          return;
+        }
+      }
+      End(grpc::Status(grpc::StatusCode::CANCELLED, "the watcher went away"));
+    }
+    void End(const grpc::Status& status) {
+      if (ended_) return;
+      ended_ = true;
+      Finish(Observe(status));
+    }
+    grpc::Status Observe(const grpc::Status& status) {
+      s_->metrics_->ObserveRequest("WatchJob", CodeName(status.error_code()),
+                                   std::chrono::duration<double>(Clock::now() - start_).count());
+      return status;
+    }
+
+    Services* s_;
+    std::string id_;
+    int64_t after_;
+    Clock::time_point start_;
+    std::vector<v1::JobEvent> events_;
+    size_t next_ = 0;
+    bool terminal_ = false;
+    bool ended_ = false;
+    std::mutex mutex_;  // cancelled_ and alarm_ (OnCancel runs on any thread).
+    bool cancelled_ = false;
+    grpc::Alarm alarm_;
+  };
+
+  // GetJob and WatchJob, the calls clients poll, use the callback API: they
+  // run on gRPC's own threads with no hand-off to a polling thread (the
+  // sync API's thread churn doubled their cost: bench/control_plane_bench).
+  class Jobs final : public v1::JobService::WithCallbackMethod_GetJob<
+                         v1::JobService::WithCallbackMethod_WatchJob<v1::JobService::Service>> {
    public:
     explicit Jobs(Services* s) : s_(s) {}
     grpc::Status SubmitJob(grpc::ServerContext* context, const v1::SubmitJobRequest* request,
@@ -128,10 +235,13 @@ class Server::Services {
       return s_->Call(context, "SubmitJob",
                       [&] { return Assign(s_->coordinator_->Submit(*request), response); });
     }
-    grpc::Status GetJob(grpc::ServerContext* context, const v1::GetJobRequest* request,
-                        v1::Job* response) override {
-      return s_->Call(context, "GetJob",
-                      [&] { return Assign(s_->coordinator_->GetJob(request->id()), response); });
+    grpc::ServerUnaryReactor* GetJob(grpc::CallbackServerContext* context,
+                                     const v1::GetJobRequest* request, v1::Job* response) override {
+      grpc::ServerUnaryReactor* reactor = context->DefaultReactor();
+      reactor->Finish(s_->Call(context, "GetJob", [&] {
+        return Assign(s_->coordinator_->GetJob(request->id()), response);
+      }));
+      return reactor;
     }
     grpc::Status ListJobs(grpc::ServerContext* context, const v1::ListJobsRequest* request,
                           v1::ListJobsResponse* response) override {
@@ -143,14 +253,9 @@ class Server::Services {
       return s_->Call(context, "CancelJob",
                       [&] { return Assign(s_->coordinator_->Cancel(request->id()), response); });
     }
-    grpc::Status WatchJob(grpc::ServerContext* context, const v1::WatchJobRequest* request,
-                          grpc::ServerWriter<v1::JobEvent>* writer) override {
-      return s_->Call(context, "WatchJob", [&] {
-        return rpc::ToGrpc(s_->coordinator_->Watch(
-            request->id(), request->after_sequence(),
-            [writer](const v1::JobEvent& event) { return writer->Write(event); },
-            [context] { return context->IsCancelled(); }));
-      });
+    grpc::ServerWriteReactor<v1::JobEvent>* WatchJob(grpc::CallbackServerContext* context,
+                                                     const v1::WatchJobRequest* request) override {
+      return new WatchReactor(s_, context, *request);
     }
 
    private:
@@ -365,6 +470,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::Start(const ServerOptions& optio
   int port = 0;
   builder.AddListeningPort(options.listen, credentials, &port);
   builder.SetMaxReceiveMessageSize(kMaxRequestBytes);
+  // Keep pollers warm: with gRPC's default (at most 2 idle), a burst of
+  // concurrent calls starts and ends a thread for nearly every request
+  // (measured by bench/control_plane_bench: 0.2 thread creations per call).
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MIN_POLLERS, 8);
+  builder.SetSyncServerOption(grpc::ServerBuilder::SyncServerOption::MAX_POLLERS, 256);
   builder.SetMaxSendMessageSize(rpc::kMaxMessageBytes);
   builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.AddChannelArgument(GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS, 10000);
