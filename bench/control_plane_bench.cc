@@ -404,7 +404,7 @@ class Client {
     context_ = std::make_unique<grpc::ClientContext>();
     SetDeadline(context_.get());
     health_stub_->async()->Check(
-        context_.get(), &health_request_, &health_response_, [this](grpc::Status status) {
+        context_.get(), &health_request_, &health_response_, [this](const grpc::Status& status) {
           Done(kHealth);
           if (!status.ok()) {
             record_->Error(kHealth, StatusText(status));
@@ -420,16 +420,18 @@ class Client {
     SetDeadline(context_.get());
     get_request_.set_id(Pick(jobs_->all));
     job_.Clear();
-    job_stub_->async()->GetJob(context_.get(), &get_request_, &job_, [this](grpc::Status status) {
-      Done(kGetJob);
-      if (!status.ok()) {
-        record_->Error(kGetJob, StatusText(status));
-      } else if (job_.id() != get_request_.id()) {
-        record_->Error(kGetJob, absl::StrCat("asked for ", get_request_.id(), ", got ", job_.id()));
-      }
-      watch_next_ = true;
-      Next();
-    });
+    job_stub_->async()->GetJob(
+        context_.get(), &get_request_, &job_, [this](const grpc::Status& status) {
+          Done(kGetJob);
+          if (!status.ok()) {
+            record_->Error(kGetJob, StatusText(status));
+          } else if (job_.id() != get_request_.id()) {
+            record_->Error(kGetJob,
+                           absl::StrCat("asked for ", get_request_.id(), ", got ", job_.id()));
+          }
+          watch_next_ = true;
+          Next();
+        });
   }
 
   void WatchDone(const grpc::Status& status, const std::string& id, int64_t events,
@@ -634,6 +636,7 @@ int Run(const Args& args) {
   if (!jobs.ok()) return setup_failed(jobs.status().ToString());
 
   std::vector<std::unique_ptr<Client>> clients;
+  clients.reserve(static_cast<size_t>(args.clients));
   for (int i = 0; i < args.clients; ++i) {
     clients.push_back(std::make_unique<Client>(channels[static_cast<size_t>(i % channels_n)],
                                                &*jobs, static_cast<uint64_t>(i) + 1));

@@ -132,6 +132,7 @@ void Spawn(const std::string& binary, const std::vector<std::string>& args,
   std::vector<std::string> argv_strings = {binary};
   argv_strings.insert(argv_strings.end(), args.begin(), args.end());
   std::vector<char*> argv;
+  argv.reserve(argv_strings.size() + 1);
   for (std::string& arg : argv_strings) argv.push_back(arg.data());
   argv.push_back(nullptr);
   const pid_t parent = getpid();
@@ -294,7 +295,7 @@ class Cluster {
 
 // A host:port written by the coordinator, or "" while it is incomplete.
 std::string ParseAddress(const std::string& text) {
-  const std::string address(absl::StripAsciiWhitespace(text));
+  std::string address(absl::StripAsciiWhitespace(text));
   const size_t colon = address.rfind(':');
   int port = 0;
   if (colon == std::string::npos || !absl::SimpleAtoi(address.substr(colon + 1), &port) ||

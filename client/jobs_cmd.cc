@@ -55,6 +55,7 @@ std::string Perplexities(const google::protobuf::Map<std::string, double>& value
   // Sorted by corpus, so lines compare across events.
   const std::map<std::string, double> sorted(values.begin(), values.end());
   std::vector<std::string> parts;
+  parts.reserve(sorted.size());
   for (const auto& [corpus, value] : sorted)
     parts.push_back(absl::StrFormat("%s %.4g", corpus, value));
   return absl::StrJoin(parts, ", ");
@@ -310,6 +311,7 @@ void AppendSpecRows(const google::protobuf::Message& message, const std::string&
     if (field->is_repeated()) {
       std::vector<std::string> values;
       const int n = message.GetReflection()->FieldSize(message, field);
+      values.reserve(static_cast<size_t>(n));
       for (int i = 0; i < n; ++i) values.push_back(FieldText(message, field, i));
       value = absl::StrJoin(values, ", ");
     } else {

@@ -854,6 +854,7 @@ absl::StatusOr<std::vector<std::string>> Coordinator::RendezvousWait(
     changed_.wait_until(lock, std::min(deadline, Clock::now() + std::chrono::milliseconds(250)));
   }
   std::vector<std::string> values;
+  values.reserve(keys.size());
   for (const std::string& key : keys) values.push_back(rendezvous_.at(key));
   return values;
 }

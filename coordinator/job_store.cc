@@ -28,8 +28,8 @@ absl::Status FromRocks(const rocksdb::Status& status, absl::string_view what) {
 }  // namespace
 
 const std::vector<std::string>& JobStoreFamilies() {
-  static const std::vector<std::string> families = {kJobs, kEvents};
-  return families;
+  static const std::vector<std::string> kFamilies = {kJobs, kEvents};
+  return kFamilies;
 }
 
 absl::StatusOr<std::unique_ptr<JobStore>> JobStore::Open(TokenStore* store) {

@@ -245,7 +245,7 @@ grpc::Status WorkerAgent::Heartbeat(v1::HeartbeatResponse* response, bool* deliv
                                                   : static_cast<double>(ResidentMemoryBytes());
   grpc::ClientContext context;
   rpc::PrepareContext(&context, options_.coordinator, options_.rpc_timeout);
-  const grpc::Status status = stub_->Heartbeat(&context, request, response);
+  grpc::Status status = stub_->Heartbeat(&context, request, response);
   if (status.ok() && !response->reregister() && end) {
     std::unique_ptr<Task> done;
     {
@@ -379,7 +379,7 @@ void WorkerAgent::RunTask(Task* task) {
   wake_cv_.notify_all();
 }
 
-absl::Status WorkerAgent::Run(std::stop_token stop) {
+absl::Status WorkerAgent::Run(const std::stop_token& stop) {
   std::stop_callback on_stop(stop, [this] {
     std::lock_guard<std::mutex> lock(mutex_);
     stopping_ = true;

@@ -86,7 +86,7 @@ class WorkerAgent {
   // and returns OK. Returns an error only when the first Register is refused
   // for good (UNAUTHENTICATED, PERMISSION_DENIED, INVALID_ARGUMENT,
   // UNIMPLEMENTED: a misconfigured worker), naming the coordinator.
-  absl::Status Run(std::stop_token stop);
+  absl::Status Run(const std::stop_token& stop);
 
   // True when a task thread is still running (after Run returned: it did not
   // stop within shutdown_grace).

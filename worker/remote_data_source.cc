@@ -33,8 +33,8 @@ void Backoff(std::chrono::milliseconds pause, const std::atomic<bool>* cancel) {
   }
 }
 
-grpc::Status DataLoss(std::string message) {
-  return grpc::Status(grpc::StatusCode::DATA_LOSS, std::move(message));
+grpc::Status DataLoss(const std::string& message) {
+  return grpc::Status(grpc::StatusCode::DATA_LOSS, message);
 }
 
 // Reads every batch of a sample stream into `out`, checking that it holds
@@ -116,7 +116,7 @@ absl::Status DecodeSampleRecord(const v1::SampleRecord& record, int64_t seq_len,
   return absl::OkStatus();
 }
 
-RemoteDataSource::RemoteDataSource(std::shared_ptr<grpc::Channel> channel,
+RemoteDataSource::RemoteDataSource(const std::shared_ptr<grpc::Channel>& channel,
                                    RemoteDataOptions options)
     : options_(std::move(options)), stub_(v1::DataService::NewStub(channel)) {}
 
@@ -131,7 +131,7 @@ absl::Status RemoteDataSource::Call(
     if (status.ok()) return absl::OkStatus();
     const std::string message = absl::StrCat("coordinator ", options_.connection.address, ": ",
                                              method, ": ", status.error_message());
-    const absl::Status error(static_cast<absl::StatusCode>(status.error_code()), message);
+    absl::Status error(static_cast<absl::StatusCode>(status.error_code()), message);
     if (status.error_code() != grpc::StatusCode::UNAVAILABLE) return error;
     const Clock::time_point now = Clock::now();
     if (!give_up) give_up = now + options_.retry_for;

@@ -59,7 +59,7 @@ struct RemoteDataOptions {
 class RemoteDataSource : public DataSource {
  public:
   // `channel` (rpc::MakeChannel) is shared; it may be used by others too.
-  RemoteDataSource(std::shared_ptr<grpc::Channel> channel, RemoteDataOptions options);
+  RemoteDataSource(const std::shared_ptr<grpc::Channel>& channel, RemoteDataOptions options);
 
   absl::StatusOr<StoreTokenizer> Tokenizer() override;
   absl::Status ReadSamples(const SamplerOptions& options, int64_t start, int64_t stride,

@@ -36,7 +36,7 @@ std::string QuotedKeys(const std::vector<std::string>& keys) {
 
 }  // namespace
 
-GrpcRendezvousStore::GrpcRendezvousStore(std::shared_ptr<grpc::Channel> channel,
+GrpcRendezvousStore::GrpcRendezvousStore(const std::shared_ptr<grpc::Channel>& channel,
                                          RendezvousClientOptions options)
     : options_(std::move(options)), stub_(v1::RendezvousService::NewStub(channel)) {}
 

@@ -41,7 +41,8 @@ struct RendezvousClientOptions {
 class GrpcRendezvousStore : public RendezvousStore {
  public:
   // `channel` (rpc::MakeChannel) is shared; it may be used by others too.
-  GrpcRendezvousStore(std::shared_ptr<grpc::Channel> channel, RendezvousClientOptions options);
+  GrpcRendezvousStore(const std::shared_ptr<grpc::Channel>& channel,
+                      RendezvousClientOptions options);
 
   absl::Status Set(absl::string_view key, absl::string_view value) override;
   // A zero timeout asks whether the keys exist now (sent as 1 ms: the

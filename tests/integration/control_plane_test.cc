@@ -56,6 +56,7 @@ class Process {
         dup2(fd, STDERR_FILENO);
       }
       std::vector<char*> args;
+      args.reserve(argv.size() + 1);
       for (const std::string& a : argv) args.push_back(const_cast<char*>(a.c_str()));
       args.push_back(nullptr);
       execv(args[0], args.data());
@@ -434,7 +435,7 @@ TEST_F(ControlPlaneTest, KilledWorkerRestartsFromTheLatestCheckpointWithIdentica
   ASSERT_EQ(running.state(), v1::JOB_STATE_RUNNING) << "finished before it could be interrupted";
   ASSERT_LT(running.progress().step(), steps - 5) << "too fast to interrupt mid-run";
   // SIGKILL rank 1's worker.
-  const std::string victim = running.workers(1);
+  const std::string& victim = running.workers(1);
   for (size_t i = 0; i < workers_.size(); ++i) {
     if (absl::StrCat("w", i) == victim) workers_[i]->Signal(SIGKILL);
   }
