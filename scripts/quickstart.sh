@@ -271,6 +271,8 @@ print(f"  {'change':34} {after['general'] / before['general'] - 1:+9.0%} "
 EOF
 base="$data/runs/base/$(<"$data/runs/base/latest")"
 pro="$data/runs/pro/$(<"$data/runs/pro/latest")"
+log "The post-pretrained LLaMA Pro model (llamaproctl inspect)"
+"$ctl" inspect --model "$pro"
 echo
 echo "Checkpoints (Hugging Face layout): base model $base,"
-echo "LLaMA Pro $pro. Its new blocks: $ctl inspect --model $pro"
+echo "LLaMA Pro $pro (both load in transformers as is)."
