@@ -5,6 +5,7 @@
 // the coordinator itself. The workers here are test clients speaking the
 // protocol; tests/integration runs real llamapro-worker processes.
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -351,6 +352,46 @@ TEST_F(CoordinatorTest, WrongOrMissingTokenIsUnauthenticatedButHealthIsOpen) {
   grpc::health::v1::HealthCheckResponse status;
   ASSERT_TRUE(health->Check(&health_context, check, &status).ok());
   EXPECT_EQ(status.status(), grpc::health::v1::HealthCheckResponse::SERVING);
+}
+
+TEST_F(CoordinatorTest, TlsWhenACertificateIsGiven) {
+  const std::string cert = dir_.Join("cert.pem"), key = dir_.Join("key.pem");
+  const std::string openssl = absl::StrCat(
+      "openssl req -x509 -newkey rsa:2048 -nodes -days 1 -subj /CN=localhost -addext "
+      "subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout ",
+      key, " -out ", cert, " >/dev/null 2>&1");
+  if (std::system(openssl.c_str()) != 0) GTEST_SKIP() << "openssl is not available";
+  server_.reset();
+  ServerOptions options;
+  options.listen = "127.0.0.1:0";
+  options.data_dir = dir_.path();
+  options.metrics_listen = "";
+  options.tls_cert = cert;
+  options.tls_key = key;
+  auto server = Server::Start(options);
+  ASSERT_TRUE(server.ok()) << server.status();
+  rpc::ConnectionOptions secure;
+  secure.address = (*server)->address();
+  secure.tls_ca = cert;
+  auto channel = rpc::MakeChannel(secure);
+  ASSERT_TRUE(channel.ok()) << channel.status();
+  v1::ListJobsResponse list;
+  grpc::ClientContext context;
+  rpc::PrepareContext(&context, secure, std::chrono::seconds(10));
+  grpc::Status s = v1::JobService::NewStub(*channel)->ListJobs(&context, {}, &list);
+  EXPECT_TRUE(s.ok()) << s.error_message();
+  // Plaintext cannot talk to it.
+  rpc::ConnectionOptions plain;
+  plain.address = (*server)->address();
+  auto insecure = rpc::MakeChannel(plain);
+  ASSERT_TRUE(insecure.ok());
+  grpc::ClientContext plain_context;
+  rpc::PrepareContext(&plain_context, plain, std::chrono::seconds(2));
+  EXPECT_FALSE(v1::JobService::NewStub(*insecure)->ListJobs(&plain_context, {}, &list).ok());
+  // A key without its certificate is refused up front.
+  options.tls_cert.clear();
+  auto half = Server::Start(options);
+  EXPECT_FALSE(half.ok());
 }
 
 TEST_F(CoordinatorTest, GangSchedulingStartsEveryRankTogether) {
