@@ -27,6 +27,16 @@ namespace {
 
 using google::protobuf::util::TimeUtil;
 
+bool SameValues(const google::protobuf::Map<std::string, double>& a,
+                const google::protobuf::Map<std::string, double>& b) {
+  if (a.size() != b.size()) return false;
+  for (const auto& [key, value] : a) {
+    auto it = b.find(key);
+    if (it == b.end() || it->second != value) return false;
+  }
+  return true;
+}
+
 constexpr int32_t kDefaultMaxRestarts = 3;
 constexpr int32_t kMaxWorldSize = 4096;
 constexpr size_t kMaxNameLength = 256;
@@ -695,11 +705,11 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
         response.set_cancel_job_id(w->job_id);
         response.set_cancel_attempt(w->attempt);
       } else if (w->rank == 0 && request.has_progress()) {
-        v1::Progress& progress = *entry->job.mutable_progress();
+        const v1::Progress& progress = entry->job.progress();
         const bool new_step = request.progress().step() != progress.step();
         const bool news = request.progress().checkpoint() != progress.checkpoint() ||
-                          request.progress().perplexity_size() != progress.perplexity_size();
-        progress = request.progress();
+                          !SameValues(request.progress().perplexity(), progress.perplexity());
+        TakeProgress(entry, request.progress());
         if (news ||
             (new_step && Clock::now() - entry->last_progress_event >= kProgressEventInterval)) {
           RecordProgress(entry).IgnoreError();
@@ -744,6 +754,27 @@ absl::StatusOr<v1::HeartbeatResponse> Coordinator::Heartbeat(const v1::Heartbeat
   return response;
 }
 
+void Coordinator::TakeProgress(JobEntry* entry, const v1::Progress& reported) {
+  v1::Progress& progress = *entry->job.mutable_progress();
+  google::protobuf::Map<std::string, double> initial = progress.initial_perplexity();
+  progress = reported;
+  // The first value of each corpus stays (insert never overwrites): the
+  // step-0 evaluation of the first attempt, before any training.
+  for (const auto& [corpus, value] : reported.perplexity()) initial.insert({corpus, value});
+  *progress.mutable_initial_perplexity() = std::move(initial);
+  double peak = 0;
+  for (const std::string& name : entry->job.workers()) {
+    auto it = workers_.find(name);
+    const double p = it == workers_.end() ? 0 : it->second->info.peak_flops();
+    if (p <= 0) {  // One rank's peak unknown: so is the job's.
+      peak = 0;
+      break;
+    }
+    peak += p;
+  }
+  progress.set_mfu(peak > 0 ? reported.model_flops_per_second() / peak : 0);
+}
+
 void Coordinator::OnRankFinished(JobEntry* entry, WorkerEntry* worker,
                                  const v1::HeartbeatRequest& request) {
   if (!AttemptIsCurrent(*worker)) return;  // Already aborted, cancelled or done.
@@ -752,7 +783,7 @@ void Coordinator::OnRankFinished(JobEntry* entry, WorkerEntry* worker,
   switch (request.status()) {
     case v1::TASK_STATUS_SUCCEEDED: {
       if (worker->rank == 0) {
-        if (request.has_progress()) *job.mutable_progress() = request.progress();
+        if (request.has_progress()) TakeProgress(entry, request.progress());
         job.mutable_result()->clear();
         for (const auto& [key, value] : request.result()) (*job.mutable_result())[key] = value;
       }
@@ -791,6 +822,7 @@ v1::ListWorkersResponse Coordinator::ListWorkers() const {
     info->set_host(w->info.host());
     info->set_pid(w->info.pid());
     info->set_metrics_address(w->info.metrics_address());
+    info->set_peak_flops(w->info.peak_flops());
     info->set_state(w->lost             ? v1::WORKER_STATE_LOST
                     : w->job_id.empty() ? v1::WORKER_STATE_IDLE
                                         : v1::WORKER_STATE_BUSY);
@@ -1091,6 +1123,7 @@ MetricsSnapshot Coordinator::Snapshot() const {
                                        .progress = job.progress()});
   }
   for (const auto& [name, w] : workers_) {
+    s.worker_peak_flops[name] = w->info.peak_flops();
     ++s.workers_by_state[w->lost             ? v1::WORKER_STATE_LOST
                          : w->job_id.empty() ? v1::WORKER_STATE_IDLE
                                              : v1::WORKER_STATE_BUSY];

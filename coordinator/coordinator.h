@@ -70,8 +70,9 @@ struct JobMetricsView {
 struct MetricsSnapshot {
   std::map<v1::JobState, int64_t> jobs_by_state;
   std::map<v1::WorkerState, int64_t> workers_by_state;
-  std::vector<JobMetricsView> running;  // RUNNING jobs only (bounded label sets).
-  int64_t restarts_total = 0;           // Over every job.
+  std::vector<JobMetricsView> running;              // RUNNING jobs only (bounded label sets).
+  int64_t restarts_total = 0;                       // Over every job.
+  std::map<std::string, double> worker_peak_flops;  // By worker name.
 };
 
 class Coordinator {
@@ -163,6 +164,9 @@ class Coordinator {
   void AbortAttempt(JobEntry* entry, const std::string& why);
   void ReleaseRendezvous(const v1::Job& job);
   void OnRankFinished(JobEntry* entry, WorkerEntry* worker, const v1::HeartbeatRequest& request);
+  // Stores rank 0's progress report: keeps the initial perplexities across
+  // reports and attempts, and derives the MFU from the workers' peaks.
+  void TakeProgress(JobEntry* entry, const v1::Progress& reported);
   bool AttemptIsCurrent(const WorkerEntry& worker) const;
   v1::Assignment MakeAssignment(const JobEntry& entry, int32_t rank) const;
   void Schedule();

@@ -1,5 +1,6 @@
 #include "coordinator/metrics.h"
 
+#include <algorithm>
 #include <exception>
 #include <utility>
 #include <vector>
@@ -88,13 +89,32 @@ class Metrics::StateCollector : public prometheus::Collectable {
                                  MetricType::Counter);
     MetricFamily ppl = Family("llamapro_job_perplexity",
                               "Latest held-out perplexity of a running job by corpus (the "
-                              "forgetting monitor).",
+                              "forgetting monitor); role is general or domain.",
                               MetricType::Gauge);
+    MetricFamily initial_ppl =
+        Family("llamapro_job_initial_perplexity",
+               "Held-out perplexity by corpus at the job's first evaluation (the model as "
+               "expanded, before training): the forgetting alarm's reference.",
+               MetricType::Gauge);
+    MetricFamily flops =
+        Family("llamapro_job_model_flops_per_second",
+               "FLOPs the training step executes per second, whole job.", MetricType::Gauge);
+    MetricFamily mfu = Family("llamapro_job_mfu",
+                              "Model FLOPs utilization: model FLOP/s over the summed peak FLOP/s "
+                              "of the job's workers (0 to 1).",
+                              MetricType::Gauge);
+    MetricFamily peak = Family("llamapro_worker_peak_flops",
+                               "Peak FLOP/s of a registered worker's device (--peak-flops or "
+                               "measured at start).",
+                               MetricType::Gauge);
+    for (const auto& [name, value] : s.worker_peak_flops) {
+      if (value > 0) Add(&peak, {{"worker", name}}, value);
+    }
     MetricFamily job_restarts = Family("llamapro_job_attempt_restarts",
                                        "Restarts of a running job so far.", MetricType::Gauge);
     for (const JobMetricsView& job : s.running) {
       std::vector<ClientMetric::Label> labels = {
-          {"job", job.id}, {"name", job.name}, {"kind", job.kind}};
+          {"job_id", job.id}, {"name", job.name}, {"kind", job.kind}};
       const v1::Progress& p = job.progress;
       Add(&step, labels, static_cast<double>(p.step()));
       Add(&total_steps, labels, static_cast<double>(p.total_steps()));
@@ -104,14 +124,25 @@ class Metrics::StateCollector : public prometheus::Collectable {
       Add(&rate, labels, p.tokens_per_second());
       Add(&tokens, labels, static_cast<double>(p.tokens()));
       Add(&job_restarts, labels, job.restarts);
-      for (const auto& [corpus, value] : p.perplexity()) {
+      if (p.model_flops_per_second() > 0) {
+        Add(&flops, labels, p.model_flops_per_second());
+        if (p.mfu() > 0) Add(&mfu, labels, p.mfu());
+      }
+      const auto corpus_labels = [&](const std::string& corpus) {
         std::vector<ClientMetric::Label> with_corpus = labels;
         with_corpus.push_back({"corpus", corpus});
-        Add(&ppl, with_corpus, value);
+        const bool general = std::find(p.general_corpora().begin(), p.general_corpora().end(),
+                                       corpus) != p.general_corpora().end();
+        with_corpus.push_back({"role", general ? "general" : "domain"});
+        return with_corpus;
+      };
+      for (const auto& [corpus, value] : p.perplexity()) Add(&ppl, corpus_labels(corpus), value);
+      for (const auto& [corpus, value] : p.initial_perplexity()) {
+        Add(&initial_ppl, corpus_labels(corpus), value);
       }
     }
-    return {jobs, workers,   restarts, step,   total_steps, loss,
-            lr,   grad_norm, rate,     tokens, ppl,         job_restarts};
+    return {jobs, workers, restarts, step,        total_steps, loss, lr,           grad_norm,
+            rate, tokens,  ppl,      initial_ppl, flops,       mfu,  job_restarts, peak};
   }
 
  private:

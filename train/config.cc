@@ -61,7 +61,7 @@ const std::vector<Section>& Schema() {
       {"optimizer", {"name", "lr", "betas", "eps", "weight_decay", "clip_grad_norm", "momentum"}},
       {"schedule", {"warmup", "warmup_steps", "decay", "min_lr"}},
       {"batch", {"tokens", "sequences", "micro_batch"}},
-      {"eval", {"corpora", "interval", "windows"}},
+      {"eval", {"corpora", "interval", "windows", "general"}},
       {"checkpoint", {"interval", "keep"}},
   };
   return *kSchema;
@@ -411,7 +411,8 @@ class Parser {
                              ScheduleConfig* schedule) const;
   absl::Status ParseBatch(const YAML::Node& node, int64_t seq_len, BatchConfig* batch) const;
   absl::Status ParseSteps(const YAML::Node& root, JobConfig* job) const;
-  absl::Status ParseEval(const YAML::Node& node, EvalConfig* eval) const;
+  absl::Status ParseEval(const YAML::Node& node, const std::vector<MixtureComponent>& mixture,
+                         EvalConfig* eval) const;
   absl::Status ParseCheckpoint(const YAML::Node& node, CheckpointConfig* checkpoint) const;
   absl::Status ParseRuntime(const YAML::Node& root, JobConfig* job) const;
 
@@ -702,7 +703,8 @@ absl::Status Parser::ParseSchedule(const YAML::Node& node, const JobConfig& job,
   return absl::OkStatus();
 }
 
-absl::Status Parser::ParseEval(const YAML::Node& node, EvalConfig* eval) const {
+absl::Status Parser::ParseEval(const YAML::Node& node, const std::vector<MixtureComponent>& mixture,
+                               EvalConfig* eval) const {
   *eval = EvalConfig();
   if (!Present(node)) return absl::OkStatus();
   LP_RETURN_IF_ERROR(CheckMap(node, "eval"));
@@ -714,6 +716,26 @@ absl::Status Parser::ParseEval(const YAML::Node& node, EvalConfig* eval) const {
                                                 1, "a positive integer (steps)"));
   LP_ASSIGN_OR_RETURN(eval->windows, IntegerOr(node["windows"], "eval.windows", eval->windows, 1,
                                                "a positive integer"));
+  if (Present(node["general"])) {
+    LP_ASSIGN_OR_RETURN(eval->general, Names(node["general"], "eval.general"));
+    for (const std::string& name : eval->general) {
+      if (std::find(eval->corpora.begin(), eval->corpora.end(), name) == eval->corpora.end()) {
+        return Error("eval.general", absl::StrCat("\"", name, "\" is not one of eval.corpora (",
+                                                  absl::StrJoin(eval->corpora, ", "), ")"));
+      }
+    }
+    return absl::OkStatus();
+  }
+  // Default: the corpora the mixture does not weight most (absent: weight 0).
+  double top = 0;
+  for (const MixtureComponent& c : mixture) top = std::max(top, c.weight);
+  for (const std::string& name : eval->corpora) {
+    double weight = 0;
+    for (const MixtureComponent& c : mixture) {
+      if (c.corpus == name) weight = c.weight;
+    }
+    if (weight < top) eval->general.push_back(name);
+  }
   return absl::OkStatus();
 }
 
@@ -775,7 +797,7 @@ absl::StatusOr<JobConfig> Parser::Parse(const YAML::Node& root) const {
   LP_RETURN_IF_ERROR(ParseBatch(root["batch"], job.data.seq_len, &job.batch));
   LP_RETURN_IF_ERROR(ParseSteps(root, &job));
   LP_RETURN_IF_ERROR(ParseSchedule(root["schedule"], job, &job.schedule));
-  LP_RETURN_IF_ERROR(ParseEval(root["eval"], &job.eval));
+  LP_RETURN_IF_ERROR(ParseEval(root["eval"], job.data.mixture, &job.eval));
   LP_RETURN_IF_ERROR(ParseCheckpoint(root["checkpoint"], &job.checkpoint));
   LP_RETURN_IF_ERROR(ParseRuntime(root, &job));
   return job;

@@ -76,6 +76,10 @@ struct EvalConfig {
   std::vector<std::string> corpora;  // Empty: no evaluation.
   int64_t interval = 100;            // Steps between evaluations.
   int64_t windows = 64;              // At most this many held-out windows per corpus.
+  // The corpora among `corpora` that measure general ability (what must not
+  // be forgotten); the others are the domain's. Default: every evaluated
+  // corpus that the data mixture does not weight most.
+  std::vector<std::string> general;
   bool enabled() const { return !corpora.empty(); }
 };
 

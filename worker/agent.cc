@@ -157,6 +157,7 @@ bool WorkerAgent::Register(absl::Status* fatal) {
     request.set_host(options_.host);
     request.set_pid(static_cast<int32_t>(getpid()));
     request.set_metrics_address(options_.metrics_address);
+    request.set_peak_flops(options_.peak_flops);
     std::string held;
     {
       std::lock_guard<std::mutex> lock(mutex_);

@@ -58,6 +58,7 @@ struct WorkerOptions {
   std::string device = "cpu";
   std::string host;                              // Empty: this machine's host name.
   std::string metrics_address;                   // Reported in Register; empty: none.
+  double peak_flops = 0;                         // Reported in Register; 0: unknown.
   std::string collective_address = "127.0.0.1";  // Where peers reach this worker's Gloo.
   std::chrono::milliseconds collective_timeout{std::chrono::minutes(5)};
   int threads = 0;  // > 0 overrides a job's `threads`; 0: all cores.

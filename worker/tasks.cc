@@ -272,12 +272,16 @@ absl::StatusOr<TaskResult> RunTrain(const v1::Assignment& assignment,
   Clock::time_point last_time = Clock::now();
   Clock::time_point last_log = Clock::now();
   const int64_t tokens_per_step = config.batch.global_sequences * config.data.seq_len / world;
+  double flops_per_token = 0;
   options.on_plan = [&](const TrainPlan& plan) {
     last_step = plan.start_step;
     last_time = Clock::now();
+    flops_per_token = plan.flops_per_token.forward + plan.flops_per_token.backward;
     UpdateProgress(hooks, [&](v1::Progress* progress) {
       progress->set_step(plan.start_step);
       progress->set_total_steps(plan.total_steps);
+      progress->clear_general_corpora();
+      for (const std::string& corpus : config.eval.general) progress->add_general_corpora(corpus);
     });
     Log(hooks, absl::StrCat(plan.resumed ? absl::StrCat("resuming from ", plan.resumed_from,
                                                         " at step ", plan.start_step)
@@ -304,6 +308,7 @@ absl::StatusOr<TaskResult> RunTrain(const v1::Assignment& assignment,
       progress->set_grad_norm(p.grad_norm);
       progress->set_tokens(p.tokens);
       progress->set_tokens_per_second(p.tokens_per_second);
+      progress->set_model_flops_per_second(flops_per_token * p.tokens_per_second);
       progress->set_eta_seconds(p.eta_seconds);
     });
     // A line every 10 s at most: steps of a tiny model take milliseconds.

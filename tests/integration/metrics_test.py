@@ -5,7 +5,7 @@ A real coordinator and worker (python_client_test.Cluster) run a small
 pipeline submitted with `llamaproctl submit`: ingest a corpus, expand a tiny
 model, train it with held-out evaluation. Both /metrics pages are fetched
 over HTTP while the training job runs (so the per-job families, labelled by
-job, name, kind and corpus, have samples), and again after it was cancelled
+job_id, name, kind, corpus and role, have samples), and again after it was cancelled
 (`llamaproctl cancel`) and every job ended. Each page is piped into
 `promtool check metrics`, which must exit 0 and print nothing (it prints one
 line per problem: a counter without `_total`, a non-base unit, missing help,
@@ -145,7 +145,7 @@ def metrics_checks(cluster):
         samples = parse(page)
         if values(samples, "llamapro_jobs", state="failed") != [0.0]:
             raise AssertionError(f"a job failed:\n{page}")
-        return values(samples, "llamapro_job_perplexity", job=train_id, corpus="docs")
+        return values(samples, "llamapro_job_perplexity", job_id=train_id, corpus="docs")
 
     page = wait_for(f"job {train_id} running with a perplexity",
                     lambda: scrape(cluster.metrics_address), running, timeout=60)
@@ -156,15 +156,15 @@ def metrics_checks(cluster):
     samples = parse(page)
     expect(samples, what, "llamapro_jobs", lambda v: v == 1, "1", state="running")
     expect(samples, what, "llamapro_jobs", lambda v: v == 2, "2", state="succeeded")
-    expect(samples, what, "llamapro_job_step", lambda v: v >= 0, ">= 0", job=train_id,
+    expect(samples, what, "llamapro_job_step", lambda v: v >= 0, ">= 0", job_id=train_id,
            name="train", kind="pretrain")
     expect(samples, what, "llamapro_job_total_steps", lambda v: v == STEPS, str(STEPS),
-           job=train_id)
+           job_id=train_id)
     expect(samples, what, "llamapro_job_loss", lambda v: 0 <= v < 20, "in [0, 20)",
-           job=train_id)
-    expect(samples, what, "llamapro_job_tokens_total", lambda v: v >= 0, ">= 0", job=train_id)
+           job_id=train_id)
+    expect(samples, what, "llamapro_job_tokens_total", lambda v: v >= 0, ">= 0", job_id=train_id)
     expect(samples, what, "llamapro_job_perplexity", lambda v: 1 < v < 10 * VOCAB,
-           "a perplexity", job=train_id, corpus="docs")
+           "a perplexity", job_id=train_id, corpus="docs")
     expect(samples, what, "llamapro_workers", lambda v: v == 1, "1", state="busy")
     expect(parse(worker_page), "worker /metrics, job running", "llamapro_worker_busy",
            lambda v: v == 1, "1")

@@ -88,6 +88,7 @@ class FakeWorker {
     request.set_running_job_id(running_job);
     request.set_running_attempt(attempt);
     request.set_running_rank(rank);
+    request.set_peak_flops(peak_flops);
     v1::RegisterResponse response;
     grpc::ClientContext context;
     Authorize(&context);
@@ -107,6 +108,7 @@ class FakeWorker {
     request.set_error_code(code);
     request.set_message(message);
     if (status == v1::TASK_STATUS_RUNNING) {
+      *request.mutable_progress() = progress;
       request.mutable_progress()->set_step(++step_);
       request.mutable_progress()->set_total_steps(100);
       request.mutable_progress()->set_loss(2.5);
@@ -121,6 +123,9 @@ class FakeWorker {
 
   const std::string& name() const { return name_; }
   const std::string& id() const { return id_; }
+
+  double peak_flops = 0;  // Sent by Register.
+  v1::Progress progress;  // Sent by RUNNING heartbeats (step, total, loss set on top).
 
  private:
   v1::WorkerService::Stub* stub_;
@@ -732,10 +737,62 @@ TEST_F(CoordinatorTest, MetricsExposeJobsWorkersAndRequests) {
   const std::string text = server_->metrics().Render();
   EXPECT_THAT(text, HasSubstr("llamapro_jobs{state=\"running\"} 1"));
   EXPECT_THAT(text, HasSubstr("llamapro_workers{state=\"busy\"} 1"));
-  EXPECT_THAT(text, HasSubstr("llamapro_job_loss{job=\"job-1\""));
+  EXPECT_THAT(text, HasSubstr("llamapro_job_loss{job_id=\"job-1\""));
   EXPECT_THAT(text, HasSubstr("llamapro_grpc_requests_total{code=\"OK\",method=\"SubmitJob\"} 1"));
   EXPECT_THAT(text,
               HasSubstr("llamapro_grpc_request_duration_seconds_bucket{method=\"Heartbeat\""));
+}
+
+TEST_F(CoordinatorTest, InitialPerplexityOutlivesAttemptsAndMfuUsesEveryRanksPeak) {
+  v1::Job job = Submit(PretrainSpec("run", 2));
+  FakeWorker a(workers_.get(), "a"), b(workers_.get(), "b");
+  a.peak_flops = 1e9;
+  b.peak_flops = 3e9;
+  a.Register();
+  b.Register();
+  a.Beat();
+  b.Beat();
+  // Rank 0 (a, first by name) reports the step-0 evaluation, then a later one.
+  (*a.progress.mutable_perplexity())["web"] = 20;
+  (*a.progress.mutable_perplexity())["code"] = 50;
+  a.progress.add_general_corpora("web");
+  a.progress.set_model_flops_per_second(2e9);
+  a.Beat(v1::TASK_STATUS_RUNNING, job.id(), 1);
+  b.Beat(v1::TASK_STATUS_RUNNING, job.id(), 1);
+  (*a.progress.mutable_perplexity())["web"] = 22;
+  (*a.progress.mutable_perplexity())["code"] = 40;
+  a.Beat(v1::TASK_STATUS_RUNNING, job.id(), 1);
+  v1::Progress p = Get(job.id()).progress();
+  EXPECT_EQ(p.perplexity().at("web"), 22);
+  EXPECT_EQ(p.initial_perplexity().at("web"), 20);
+  EXPECT_EQ(p.initial_perplexity().at("code"), 50);
+  EXPECT_DOUBLE_EQ(p.mfu(), 2e9 / (1e9 + 3e9));
+  const std::string text = server_->metrics().Render();
+  EXPECT_THAT(text, HasSubstr("llamapro_job_initial_perplexity{job_id=\"job-1\",name=\"\","
+                              "kind=\"pretrain\",corpus=\"web\",role=\"general\"} 20"));
+  EXPECT_THAT(text, HasSubstr("llamapro_job_perplexity{job_id=\"job-1\",name=\"\","
+                              "kind=\"pretrain\",corpus=\"code\",role=\"domain\"} 40"));
+  EXPECT_THAT(text, HasSubstr("llamapro_job_mfu{job_id=\"job-1\",name=\"\","
+                              "kind=\"pretrain\"} 0.5"));
+  EXPECT_THAT(text, HasSubstr("llamapro_worker_peak_flops{worker=\"b\"} 3000000000"));
+
+  // A transient failure restarts the attempt, which resumes from a
+  // checkpoint and evaluates again: the reference stays the first value.
+  a.Beat(v1::TASK_STATUS_FAILED, job.id(), 1, static_cast<int>(grpc::StatusCode::UNAVAILABLE),
+         "peer went away");
+  b.Beat(v1::TASK_STATUS_CANCELLED, job.id(), 1);
+  a.Beat();
+  b.Beat();
+  a.progress.mutable_perplexity()->clear();
+  (*a.progress.mutable_perplexity())["web"] = 25;
+  a.Beat(v1::TASK_STATUS_RUNNING, job.id(), 2);
+  p = WaitFor(job.id(), [](const v1::Job& j) {
+        return j.progress().perplexity().contains("web") &&
+               j.progress().perplexity().at("web") == 25;
+      }).progress();
+  EXPECT_EQ(p.initial_perplexity().at("web"), 20);
+  EXPECT_EQ(p.initial_perplexity().at("code"), 50);
+  EXPECT_EQ(p.mfu(), 0.5);
 }
 
 }  // namespace

@@ -376,5 +376,22 @@ TEST(JobConfigTest, LoadJobConfigNamesAMissingFile) {
   EXPECT_THAT(config.status().message(), HasSubstr("/nonexistent/job.yaml"));
 }
 
+TEST(JobConfigTest, GeneralCorporaDefaultToThoseTheMixtureDoesNotWeightMost) {
+  // The forgetting alarm watches the general corpora: by default every
+  // evaluated corpus but the one the mixture weights most (the domain).
+  JobConfig config =
+      ParseOk(Yaml({{"data", "{store: s, mixture: {code: 0.7, web: 0.3}, seq_len: 16}"},
+                    {"eval", "{corpora: [web, code, wiki]}"}}));
+  EXPECT_THAT(config.eval.general, ElementsAre("web", "wiki"));
+  // Explicit.
+  config = ParseOk(Yaml({{"eval", "{corpora: [web, code], general: [code]}"}}));
+  EXPECT_THAT(config.eval.general, ElementsAre("code"));
+  // Only the domain evaluated: nothing general.
+  config = ParseOk(Yaml({{"eval", "{corpora: code}"}}));
+  EXPECT_TRUE(config.eval.general.empty());
+  EXPECT_THAT(ErrorOf(Yaml({{"eval", "{corpora: [web, code], general: [wiki]}"}})),
+              HasSubstr("eval.general: \"wiki\" is not one of eval.corpora (web, code)"));
+}
+
 }  // namespace
 }  // namespace llamapro
