@@ -35,6 +35,8 @@ void AddEvalCommand(CLI::App& app);
 void AddJobCommands(CLI::App& app);
 // workers, up: the coordinator's workers; a local coordinator and workers.
 void AddClusterCommands(CLI::App& app);
+// health: a coordinator's gRPC health service, or a /metrics page.
+void AddHealthCommand(CLI::App& app);
 
 }  // namespace llamapro::cli
 

@@ -26,6 +26,7 @@ int Run(int argc, char** argv) {
   llamapro::cli::AddEvalCommand(app);
   llamapro::cli::AddJobCommands(app);
   llamapro::cli::AddClusterCommands(app);
+  llamapro::cli::AddHealthCommand(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
