@@ -31,6 +31,8 @@ void AddCorporaCommand(CLI::App& app);
 void AddSamplesCommand(CLI::App& app);
 void AddTrainCommand(CLI::App& app);
 void AddEvalCommand(CLI::App& app);
+// generate: text after a prompt, streamed.
+void AddGenerateCommand(CLI::App& app);
 // submit, jobs, get, watch, cancel: jobs on a coordinator.
 void AddJobCommands(CLI::App& app);
 // workers, up: the coordinator's workers; a local coordinator and workers.

@@ -24,6 +24,7 @@ int Run(int argc, char** argv) {
   llamapro::cli::AddSamplesCommand(app);
   llamapro::cli::AddTrainCommand(app);
   llamapro::cli::AddEvalCommand(app);
+  llamapro::cli::AddGenerateCommand(app);
   llamapro::cli::AddJobCommands(app);
   llamapro::cli::AddClusterCommands(app);
   llamapro::cli::AddHealthCommand(app);

@@ -19,13 +19,20 @@ ProgressBar::ProgressBar(std::string label, std::string items, bool enabled)
 void ProgressBar::Update(int64_t items_done, int64_t items_total, uint64_t bytes_done,
                          uint64_t bytes_total, double seconds, const std::string& extra) {
   if (!enabled_) return;
-  const double fraction =
-      bytes_total > 0 ? static_cast<double>(bytes_done) / static_cast<double>(bytes_total) : 1.0;
-  const double rate = seconds > 0 ? static_cast<double>(bytes_done) / seconds : 0.0;
-  const double eta = rate > 0 ? static_cast<double>(bytes_total - bytes_done) / rate : 0.0;
-  std::string stats = absl::StrFormat(
-      "%3.0f%% %d/%d %s %s/%s %s/s", fraction * 100, items_done, items_total, items_,
-      FormatBytes(bytes_done), FormatBytes(bytes_total), FormatBytes(static_cast<uint64_t>(rate)));
+  // Without byte counts (bytes_total 0), progress is counted in items.
+  const bool by_items = bytes_total == 0 && bytes_done == 0 && items_total > 0;
+  const double done = by_items ? static_cast<double>(items_done) : static_cast<double>(bytes_done);
+  const double total =
+      by_items ? static_cast<double>(items_total) : static_cast<double>(bytes_total);
+  const double fraction = total > 0 ? done / total : 1.0;
+  const double rate = seconds > 0 ? done / seconds : 0.0;
+  const double eta = rate > 0 ? (total - done) / rate : 0.0;
+  std::string stats = by_items ? absl::StrFormat("%3.0f%% %d/%d %s %.2f/s", fraction * 100,
+                                                 items_done, items_total, items_, rate)
+                               : absl::StrFormat("%3.0f%% %d/%d %s %s/%s %s/s", fraction * 100,
+                                                 items_done, items_total, items_,
+                                                 FormatBytes(bytes_done), FormatBytes(bytes_total),
+                                                 FormatBytes(static_cast<uint64_t>(rate)));
   if (!extra.empty()) stats += " " + extra;
   if (tty_) {
     constexpr int kWidth = 30;

@@ -17,7 +17,8 @@ class ProgressBar {
   // `label` prefixes the line ("expand"); `items` names what is counted
   // ("tensors", "files"); `enabled` false prints nothing.
   ProgressBar(std::string label, std::string items, bool enabled);
-  // `extra` is appended to the line (e.g. document and token counts).
+  // `extra` is appended to the line (e.g. document and token counts). With
+  // no byte counts (both 0) the fraction and rate are of items.
   void Update(int64_t items_done, int64_t items_total, uint64_t bytes_done, uint64_t bytes_total,
               double seconds, const std::string& extra = "");
   // Ends the line (on a terminal) so later output starts clean.
