@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <map>
 #include <random>
 #include <string>
 #include <utility>
@@ -44,7 +45,10 @@ const Keys& SubmitKeys() {
 const Keys& KindKeys(v1::JobKind kind) {
   static const auto* const kExpand = new Keys{
       "model", "out", "add_blocks", "groups", "layout", "positions", "dtype", "verify", "force"};
-  static const auto* const kEval = new Keys{"model", "corpora", "seq_len", "windows"};
+  static const auto* const kEval =
+      new Keys{"model", "corpora", "seq_len", "windows", "task",       "tasks",       "fewshot",
+               "shots", "seed",    "prompts", "base",    "max_tokens", "temperature", "top_p",
+               "stop",  "samples", "timeout", "limit",   "results"};
   static const auto* const kIngest =
       new Keys{"corpus",      "tokenizer", "inputs",     "format",       "text_field",
                "split_lines", "held_out",  "sft_format", "chat_template"};
@@ -245,25 +249,115 @@ absl::Status ParseExpand(const DocumentReader& reader, const YAML::Node& doc, v1
 }
 
 absl::Status ParseEval(const DocumentReader& reader, const YAML::Node& doc, v1::EvalJob* job) {
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
   if (!Present(doc["model"])) return reader.Error("model", "is required (the checkpoint)");
-  if (!Present(doc["corpora"])) {
-    return reader.Error("corpora", "is required (corpora of the coordinator's token store)");
-  }
   LP_ASSIGN_OR_RETURN(*job->mutable_model(), reader.String(doc["model"], "model"));
-  LP_ASSIGN_OR_RETURN(std::vector<std::string> corpora, reader.Strings(doc["corpora"], "corpora"));
-  for (std::string& corpus : corpora) job->add_corpora(std::move(corpus));
-  job->set_seq_len(2048);
-  if (Present(doc["seq_len"])) {
+  job->set_task("ppl");
+  if (Present(doc["task"])) {
     LP_ASSIGN_OR_RETURN(
-        int64_t n, reader.Integer(doc["seq_len"], "seq_len", 1, std::numeric_limits<int64_t>::max(),
-                                  "an integer >= 1"));
+        *job->mutable_task(),
+        reader.Choice(doc["task"], "task", {"ppl", "choice", "generate", "code", "shift"}));
+  }
+  const std::string& task = job->task();
+  // Which keys each task takes; the others are refused so a typo is not ignored.
+  const std::map<std::string, std::vector<std::string>> required = {{"ppl", {"corpora"}},
+                                                                    {"choice", {"tasks"}},
+                                                                    {"generate", {"prompts"}},
+                                                                    {"code", {"tasks"}},
+                                                                    {"shift", {"prompts", "base"}}};
+  const std::map<std::string, std::vector<std::string>> allowed = {
+      {"ppl", {"corpora", "seq_len", "windows"}},
+      {"choice", {"tasks", "fewshot", "shots", "seed", "limit", "results"}},
+      {"generate",
+       {"prompts", "max_tokens", "temperature", "top_p", "stop", "seed", "limit", "results"}},
+      {"code",
+       {"tasks", "max_tokens", "temperature", "top_p", "stop", "seed", "samples", "timeout",
+        "limit", "results"}},
+      {"shift", {"prompts", "base", "max_tokens", "limit", "results"}}};
+  for (const std::string& key : required.at(task)) {
+    if (!Present(doc[key])) return reader.Error(key, absl::StrCat("is required for task ", task));
+  }
+  const std::vector<std::string>& keys = allowed.at(task);
+  for (const auto& key : KindKeys(v1::JOB_KIND_EVAL)) {
+    if (key == "model" || key == "task" || !Present(doc[std::string(key)])) continue;
+    if (std::find(keys.begin(), keys.end(), key) == keys.end()) {
+      return reader.Error(key, absl::StrCat("does not apply to task ", task, " (it takes ",
+                                            absl::StrJoin(keys, ", "), ")"));
+    }
+  }
+  if (Present(doc["corpora"])) {
+    LP_ASSIGN_OR_RETURN(std::vector<std::string> corpora,
+                        reader.Strings(doc["corpora"], "corpora"));
+    for (std::string& corpus : corpora) job->add_corpora(std::move(corpus));
+  }
+  if (task == "ppl") job->set_seq_len(2048);
+  if (Present(doc["seq_len"])) {
+    LP_ASSIGN_OR_RETURN(int64_t n,
+                        reader.Integer(doc["seq_len"], "seq_len", 1, kMax, "an integer >= 1"));
     job->set_seq_len(n);
   }
   if (Present(doc["windows"])) {
-    LP_ASSIGN_OR_RETURN(
-        int64_t n, reader.Integer(doc["windows"], "windows", 0, std::numeric_limits<int64_t>::max(),
-                                  "an integer >= 0"));
+    LP_ASSIGN_OR_RETURN(int64_t n,
+                        reader.Integer(doc["windows"], "windows", 0, kMax, "an integer >= 0"));
     job->set_windows(n);
+  }
+  for (const auto& [key, field] :
+       std::vector<std::pair<std::string, std::string*>>{{"tasks", job->mutable_tasks()},
+                                                         {"fewshot", job->mutable_fewshot()},
+                                                         {"prompts", job->mutable_prompts()},
+                                                         {"base", job->mutable_base()},
+                                                         {"results", job->mutable_results()}}) {
+    if (Present(doc[key])) {
+      LP_ASSIGN_OR_RETURN(*field, reader.String(doc[key], key));
+    }
+  }
+  if (Present(doc["shots"])) {
+    LP_ASSIGN_OR_RETURN(int64_t n,
+                        reader.Integer(doc["shots"], "shots", 0, 1000, "an integer in [0, 1000]"));
+    job->set_shots(static_cast<int32_t>(n));
+  }
+  job->set_seed(task == "choice" ? 1234 : 0);
+  if (Present(doc["seed"])) {
+    LP_ASSIGN_OR_RETURN(int64_t n,
+                        reader.Integer(doc["seed"], "seed", 0, kMax, "a non-negative integer"));
+    job->set_seed(static_cast<uint64_t>(n));
+  }
+  if (Present(doc["max_tokens"])) {
+    LP_ASSIGN_OR_RETURN(int64_t n, reader.Integer(doc["max_tokens"], "max_tokens", 1, 1 << 20,
+                                                  "an integer in [1, 1048576]"));
+    job->set_max_tokens(n);
+  }
+  if (Present(doc["temperature"])) {
+    LP_ASSIGN_OR_RETURN(double t, reader.Number(doc["temperature"], "temperature", 0, 100,
+                                                "a number in [0, 100] (0: greedy)"));
+    job->set_temperature(t);
+  }
+  job->set_top_p(1);
+  if (Present(doc["top_p"])) {
+    LP_ASSIGN_OR_RETURN(double p,
+                        reader.Number(doc["top_p"], "top_p", 1e-9, 1, "a number in (0, 1]"));
+    job->set_top_p(p);
+  }
+  if (Present(doc["stop"])) {
+    LP_ASSIGN_OR_RETURN(std::vector<std::string> stops, reader.Strings(doc["stop"], "stop"));
+    for (std::string& stop : stops) job->add_stop(std::move(stop));
+  }
+  job->set_samples(1);
+  if (Present(doc["samples"])) {
+    LP_ASSIGN_OR_RETURN(
+        int64_t n, reader.Integer(doc["samples"], "samples", 1, 1000, "an integer in [1, 1000]"));
+    job->set_samples(static_cast<int32_t>(n));
+  }
+  if (task == "code") job->set_timeout(10);
+  if (Present(doc["timeout"])) {
+    LP_ASSIGN_OR_RETURN(
+        double t, reader.Number(doc["timeout"], "timeout", 0.1, 3600, "seconds in [0.1, 3600]"));
+    job->set_timeout(t);
+  }
+  if (Present(doc["limit"])) {
+    LP_ASSIGN_OR_RETURN(int64_t n,
+                        reader.Integer(doc["limit"], "limit", 0, kMax, "an integer >= 0 (0: all)"));
+    job->set_limit(n);
   }
   return absl::OkStatus();
 }

@@ -274,15 +274,56 @@ absl::StatusOr<v1::JobSpec> Coordinator::ValidateSpec(const v1::JobSpec& in,
       LP_RETURN_IF_ERROR(only(false, true, false));
       v1::EvalJob* e = spec.mutable_eval();
       LP_ASSIGN_OR_RETURN(*e->mutable_model(), paths_.Resolve("spec.eval.model", e->model()));
-      if (e->corpora().empty()) return Invalid("spec.eval.corpora", "name at least one corpus");
-      for (int i = 0; i < e->corpora_size(); ++i) {
-        if (e->corpora(i).empty())
-          return Invalid(absl::StrCat("spec.eval.corpora[", i, "]"), "empty");
+      if (e->task().empty()) e->set_task("ppl");
+      const std::string& task = e->task();
+      if (task != "ppl" && task != "choice" && task != "generate" && task != "code" &&
+          task != "shift") {
+        return Invalid("spec.eval.task",
+                       absl::StrCat("\"", task, "\": one of ppl, choice, generate, code, shift"));
       }
-      if (e->seq_len() < 0 || e->windows() < 0) {
-        return Invalid("spec.eval.seq_len", "seq_len and windows must not be negative");
+      if (task == "ppl") {
+        if (e->corpora().empty()) return Invalid("spec.eval.corpora", "name at least one corpus");
+        for (int i = 0; i < e->corpora_size(); ++i) {
+          if (e->corpora(i).empty())
+            return Invalid(absl::StrCat("spec.eval.corpora[", i, "]"), "empty");
+        }
+        if (e->seq_len() < 0 || e->windows() < 0) {
+          return Invalid("spec.eval.seq_len", "seq_len and windows must not be negative");
+        }
+        if (e->seq_len() == 0) e->set_seq_len(2048);
+        break;
       }
-      if (e->seq_len() == 0) e->set_seq_len(2048);
+      // Files of the other tasks, resolved inside the data dir like the model.
+      const bool needs_tasks = task == "choice" || task == "code";
+      const bool needs_prompts = task == "generate" || task == "shift";
+      if (needs_tasks && e->tasks().empty()) {
+        return Invalid("spec.eval.tasks", absl::StrCat("is required for task ", task));
+      }
+      if (needs_prompts && e->prompts().empty()) {
+        return Invalid("spec.eval.prompts", absl::StrCat("is required for task ", task));
+      }
+      if (task == "shift" && e->base().empty()) {
+        return Invalid("spec.eval.base", "is required for task shift (the base model)");
+      }
+      for (const auto& [field, value] :
+           std::vector<std::pair<std::string, std::string*>>{{"tasks", e->mutable_tasks()},
+                                                             {"fewshot", e->mutable_fewshot()},
+                                                             {"prompts", e->mutable_prompts()},
+                                                             {"base", e->mutable_base()},
+                                                             {"results", e->mutable_results()}}) {
+        if (!value->empty()) {
+          LP_ASSIGN_OR_RETURN(*value, paths_.Resolve("spec.eval." + field, *value));
+        }
+      }
+      if (e->shots() < 0 || e->max_tokens() < 0 || e->samples() < 0 || e->limit() < 0 ||
+          e->temperature() < 0 || e->top_p() < 0 || e->top_p() > 1 || e->timeout() < 0) {
+        return Invalid("spec.eval",
+                       "shots, max_tokens, samples, limit, temperature, timeout must not be "
+                       "negative and top_p must be in (0, 1]");
+      }
+      if (e->top_p() == 0) e->set_top_p(1);
+      if (e->samples() == 0) e->set_samples(1);
+      if (task == "code" && e->timeout() == 0) e->set_timeout(10);
       break;
     }
     case v1::JOB_KIND_INGEST: {
@@ -1109,6 +1150,16 @@ MetricsSnapshot Coordinator::Snapshot() const {
   }
   for (int state = v1::WORKER_STATE_IDLE; state <= v1::WORKER_STATE_LOST; ++state) {
     s.workers_by_state[static_cast<v1::WorkerState>(state)] = 0;
+  }
+  for (auto it = jobs_.rbegin(); it != jobs_.rend() && s.evals.size() < 100; ++it) {
+    const v1::Job& job = it->second->job;
+    if (job.state() != v1::JOB_STATE_SUCCEEDED || job.spec().kind() != v1::JOB_KIND_EVAL) continue;
+    EvalResultView view{.id = job.id(),
+                        .name = job.spec().name(),
+                        .task = job.spec().eval().task().empty() ? "ppl" : job.spec().eval().task(),
+                        .result = {}};
+    for (const auto& [key, value] : job.result()) view.result[key] = value;
+    s.evals.push_back(std::move(view));
   }
   for (const auto& [number, entry] : jobs_) {
     const v1::Job& job = entry->job;

@@ -67,12 +67,17 @@ struct JobMetricsView {
   int32_t restarts = 0;
   v1::Progress progress;
 };
+struct EvalResultView {
+  std::string id, name, task;
+  std::map<std::string, double> result;
+};
 struct MetricsSnapshot {
   std::map<v1::JobState, int64_t> jobs_by_state;
   std::map<v1::WorkerState, int64_t> workers_by_state;
   std::vector<JobMetricsView> running;              // RUNNING jobs only (bounded label sets).
   int64_t restarts_total = 0;                       // Over every job.
   std::map<std::string, double> worker_peak_flops;  // By worker name.
+  std::vector<EvalResultView> evals;  // Newest succeeded eval jobs first (at most 100).
 };
 
 class Coordinator {

@@ -107,6 +107,17 @@ class Metrics::StateCollector : public prometheus::Collectable {
                                "Peak FLOP/s of a registered worker's device (--peak-flops or "
                                "measured at start).",
                                MetricType::Gauge);
+    MetricFamily evals =
+        Family("llamapro_eval_result",
+               "Results of the newest 100 succeeded eval jobs: metric is a corpus "
+               "(task ppl: its perplexity), or acc, acc_norm, pass@1, unshifted...",
+               MetricType::Gauge);
+    for (const EvalResultView& e : s.evals) {
+      for (const auto& [metric, value] : e.result) {
+        Add(&evals, {{"job_id", e.id}, {"name", e.name}, {"task", e.task}, {"metric", metric}},
+            value);
+      }
+    }
     for (const auto& [name, value] : s.worker_peak_flops) {
       if (value > 0) Add(&peak, {{"worker", name}}, value);
     }
@@ -141,8 +152,8 @@ class Metrics::StateCollector : public prometheus::Collectable {
         Add(&initial_ppl, corpus_labels(corpus), value);
       }
     }
-    return {jobs, workers, restarts, step,        total_steps, loss, lr,           grad_norm,
-            rate, tokens,  ppl,      initial_ppl, flops,       mfu,  job_restarts, peak};
+    return {jobs,   workers, restarts,    step,  total_steps, loss,         lr,   grad_norm, rate,
+            tokens, ppl,     initial_ppl, flops, mfu,         job_restarts, peak, evals};
   }
 
  private:

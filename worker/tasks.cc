@@ -19,7 +19,14 @@
 #include "base/status_macros.h"
 #include "base/units.h"
 #include "data/tokenizer.h"
+#include "eval/choice.h"
+#include "eval/code.h"
+#include "eval/generate.h"
+#include "eval/jsonl.h"
 #include "eval/ppl.h"
+#include "eval/results.h"
+#include "eval/shift.h"
+#include "kernels/cpu/ops.h"
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/expand.h"
@@ -143,10 +150,128 @@ absl::StatusOr<TaskResult> RunExpand(const v1::Assignment& assignment, const Tas
 
 // --- EVAL ----------------------------------------------------------------------------
 
+// choice, generate, code, shift (docs/eval.md): the model in memory, the
+// results JSON beside it (or where `results` says), the headline numbers as
+// the job's result.
+absl::StatusOr<TaskResult> RunTaskEval(const v1::Assignment& assignment,
+                                       const TaskEnvironment& environment, const TaskHooks& hooks) {
+  const v1::EvalJob& job = assignment.spec().eval();
+  const std::string& task = job.task();
+  const std::string& data_dir = assignment.data_dir();
+  if (environment.threads > 0) cpu::SetNumThreads(environment.threads);
+  LP_ASSIGN_OR_RETURN(const std::string model_dir, ResolveModelDir(Resolve(job.model(), data_dir)));
+  LP_ASSIGN_OR_RETURN(InferenceModel model, LoadInferenceModel(model_dir, /*need_tokenizer=*/true));
+  const auto progress = [&](int64_t done, int64_t total) {
+    UpdateProgress(hooks, [&](v1::Progress* p) {
+      p->set_step(done);
+      p->set_total_steps(total);
+    });
+  };
+  SamplingOptions sampling;
+  if (job.max_tokens() > 0) sampling.max_tokens = job.max_tokens();
+  sampling.temperature = job.temperature();
+  sampling.top_p = job.top_p() > 0 ? job.top_p() : 1;
+  sampling.seed = job.seed();
+  sampling.stop.assign(job.stop().begin(), job.stop().end());
+  nlohmann::ordered_json out = {{"task", task}, {"model", model_dir}};
+  std::string input;
+  TaskResult result;
+  if (task == "choice") {
+    input = Resolve(job.tasks(), data_dir);
+    LP_ASSIGN_OR_RETURN(std::vector<ChoiceQuestion> questions, ReadChoiceTask(input));
+    std::vector<ChoiceQuestion> fewshot_file;
+    const std::vector<ChoiceQuestion>* fewshot = &questions;
+    if (!job.fewshot().empty()) {
+      LP_ASSIGN_OR_RETURN(fewshot_file, ReadChoiceTask(Resolve(job.fewshot(), data_dir)));
+      fewshot = &fewshot_file;
+    }
+    ChoiceOptions options{.shots = job.shots(),
+                          .seed = job.seed(),
+                          .limit = job.limit(),
+                          .cancel = environment.cancel};
+    LP_ASSIGN_OR_RETURN(ChoiceResult r,
+                        EvaluateChoice(model, questions, *fewshot, options, progress));
+    out.update({{"tasks", input}, {"shots", job.shots()}, {"seed", job.seed()}});
+    out.update(ToJson(r));
+    result.result = Headline(r);
+  } else if (task == "code") {
+    input = Resolve(job.tasks(), data_dir);
+    LP_ASSIGN_OR_RETURN(std::vector<CodeTask> tasks, ReadCodeTasks(input));
+    CodeOptions options;
+    if (job.max_tokens() > 0) options.sampling.max_tokens = job.max_tokens();
+    options.sampling.temperature = sampling.temperature;
+    options.sampling.top_p = sampling.top_p;
+    options.sampling.seed = sampling.seed;
+    if (!sampling.stop.empty()) options.sampling.stop = sampling.stop;
+    options.samples = std::max(1, job.samples());
+    if (job.timeout() > 0) {
+      options.limits.wall_seconds = job.timeout();
+      options.limits.cpu_seconds = job.timeout();
+    }
+    options.limit = job.limit();
+    options.cancel = environment.cancel;
+    LP_ASSIGN_OR_RETURN(CodeResult r, EvaluateCode(model, tasks, options, progress));
+    out.update({{"tasks", input}, {"samples", options.samples}});
+    out.update(ToJson(r));
+    result.result = Headline(r);
+  } else if (task == "shift") {
+    input = Resolve(job.prompts(), data_dir);
+    LP_ASSIGN_OR_RETURN(std::vector<std::string> prompts, ReadPrompts(input));
+    LP_ASSIGN_OR_RETURN(const std::string base_dir, ResolveModelDir(Resolve(job.base(), data_dir)));
+    LP_ASSIGN_OR_RETURN(InferenceModel base, LoadInferenceModel(base_dir, false));
+    ShiftOptions options{.limit = job.limit(), .cancel = environment.cancel};
+    if (job.max_tokens() > 0) options.max_tokens = job.max_tokens();
+    LP_ASSIGN_OR_RETURN(ShiftResult r, TokenShift(model, base, prompts, options, progress));
+    out.update({{"base", base_dir}, {"prompts", input}});
+    out.update(ToJson(r));
+    result.result = Headline(r);
+  } else if (task == "generate") {
+    input = Resolve(job.prompts(), data_dir);
+    LP_ASSIGN_OR_RETURN(std::vector<std::string> prompts, ReadPrompts(input));
+    if (job.limit() > 0 && static_cast<int64_t>(prompts.size()) > job.limit()) {
+      prompts.resize(job.limit());
+    }
+    nlohmann::ordered_json outputs = nlohmann::ordered_json::array();
+    int64_t tokens = 0;
+    double seconds = 0;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      if (Cancelled(environment)) {
+        return absl::CancelledError(absl::StrCat("generation cancelled after ", i, " prompts"));
+      }
+      LP_ASSIGN_OR_RETURN(std::vector<int32_t> ids, PromptIds(*model.tokenizer, prompts[i]));
+      LP_ASSIGN_OR_RETURN(Generation g, Generate(model, ids, sampling));
+      tokens += static_cast<int64_t>(g.tokens.size());
+      seconds += g.seconds;
+      outputs.push_back({{"prompt", prompts[i]},
+                         {"completion", g.text},
+                         {"tokens", g.tokens.size()},
+                         {"finish_reason", g.finish_reason}});
+      progress(static_cast<int64_t>(i + 1), static_cast<int64_t>(prompts.size()));
+    }
+    out.update({{"prompts", input}, {"outputs", outputs}});
+    result.result = {{"tokens_per_second", seconds > 0 ? tokens / seconds : 0}};
+  } else {
+    return SpecError("eval.task", absl::StrCat("unknown task \"", task, "\""));
+  }
+  if (Cancelled(environment)) {
+    return absl::CancelledError(absl::StrCat("evaluation ", task, " cancelled"));
+  }
+  const std::string path = job.results().empty() ? DefaultResultsPath(model_dir, task, input)
+                                                 : Resolve(job.results(), data_dir);
+  LP_RETURN_IF_ERROR(WriteJsonFile(path, out));
+  std::vector<std::string> parts;
+  for (const auto& [key, value] : result.result) parts.push_back(absl::StrCat(key, " ", value));
+  Log(hooks, absl::StrCat("eval ", task, ": ", absl::StrJoin(parts, ", "), "; results in ", path));
+  return result;
+}
+
 absl::StatusOr<TaskResult> RunEval(const v1::Assignment& assignment,
                                    const TaskEnvironment& environment, const TaskHooks& hooks) {
   const v1::EvalJob& job = assignment.spec().eval();
   if (job.model().empty()) return SpecError("eval.model", "is required");
+  if (!job.task().empty() && job.task() != "ppl") {
+    return RunTaskEval(assignment, environment, hooks);
+  }
   if (job.corpora().empty()) return SpecError("eval.corpora", "name at least one corpus");
   if (job.seq_len() < 0) return SpecError("eval.seq_len", "must not be negative");
   if (job.windows() < 0) return SpecError("eval.windows", "must not be negative");

@@ -209,6 +209,60 @@ held_out: 0.01
   EXPECT_EQ(ingest.chat_template(), "llama2-chat");
 }
 
+TEST(SubmitSpecTest, EvalTasksTakeTheirOwnKeysWithDefaults) {
+  std::vector<SubmitDocument> documents = ParseOk(R"(kind: eval
+model: m
+task: choice
+tasks: arc.jsonl
+shots: 5
+---
+kind: eval
+model: m
+task: code
+tasks: humaneval.jsonl
+samples: 4
+temperature: 0.8
+top_p: 0.95
+---
+kind: eval
+model: m
+task: shift
+base: base
+prompts: p.jsonl
+max_tokens: 32
+---
+kind: eval
+model: m
+task: generate
+prompts: p.jsonl
+stop: ["\n\n", END]
+)");
+  ASSERT_EQ(documents.size(), 4u);
+  const v1::EvalJob& choice = documents[0].request.spec().eval();
+  EXPECT_EQ(choice.task(), "choice");
+  EXPECT_EQ(choice.tasks(), "arc.jsonl");
+  EXPECT_EQ(choice.shots(), 5);
+  EXPECT_EQ(choice.seed(), 1234u);
+  EXPECT_EQ(choice.seq_len(), 0);  // A ppl key, left unset.
+  const v1::EvalJob& code = documents[1].request.spec().eval();
+  EXPECT_EQ(code.samples(), 4);
+  EXPECT_DOUBLE_EQ(code.temperature(), 0.8);
+  EXPECT_DOUBLE_EQ(code.top_p(), 0.95);
+  EXPECT_DOUBLE_EQ(code.timeout(), 10);
+  const v1::EvalJob& shift = documents[2].request.spec().eval();
+  EXPECT_EQ(shift.base(), "base");
+  EXPECT_EQ(shift.max_tokens(), 32);
+  EXPECT_THAT(documents[3].request.spec().eval().stop(), ElementsAre("\n\n", "END"));
+  // Keys of another task, a missing required key, an unknown task.
+  EXPECT_THAT(ErrorOf("kind: eval\nmodel: m\ntask: choice\ntasks: t\ncorpora: c\n"),
+              HasSubstr("corpora: does not apply to task choice (it takes tasks, fewshot"));
+  EXPECT_THAT(ErrorOf("kind: eval\nmodel: m\ntask: shift\nprompts: p\n"),
+              HasSubstr("base: is required for task shift"));
+  EXPECT_THAT(ErrorOf("kind: eval\nmodel: m\ntask: mmlu\n"), HasSubstr("task: must be one of"));
+  EXPECT_THAT(ErrorOf("kind: eval\nmodel: m\ntask: code\ntasks: t\ntop_p: 0\n"),
+              HasSubstr("top_p: must be a number in (0, 1]"));
+}
+
 TEST(SubmitSpecTest, WrongValuesNameTheDocumentKeyAndValue) {
   EXPECT_THAT(ErrorOf("kind: expand\nmodel: m\nout: o\nadd_blocks: many\n"),
               HasSubstr("document 1: add_blocks: must be an integer >= 0, got \"many\""));
