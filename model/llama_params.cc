@@ -1,7 +1,12 @@
 #include "model/llama_params.h"
 
+#include <algorithm>
+#include <cmath>
+#include <random>
+
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
+#include "kernels/cpu/blas.h"
 #include "model/weights.h"
 
 namespace llamapro {
@@ -29,7 +34,23 @@ std::vector<Parameter*> BlockParams::All() {
         &post_norm, &gate_proj, &up_proj, &down_proj, &gate_bias, &up_bias, &down_bias}) {
     if (!p->value.empty()) out.push_back(p);
   }
+  for (LoraAdapter& adapter : lora) {
+    if (adapter.present()) {
+      out.push_back(&adapter.a);
+      out.push_back(&adapter.b);
+    }
+  }
   return out;
+}
+
+const Parameter& BlockParams::LoraBase(int t) const {
+  const Parameter* bases[kLoraTargets] = {&q_proj,    &k_proj,  &v_proj,   &o_proj,
+                                          &gate_proj, &up_proj, &down_proj};
+  return *bases[t];
+}
+
+Parameter& BlockParams::LoraBase(int t) {
+  return const_cast<Parameter&>(static_cast<const BlockParams&>(*this).LoraBase(t));
 }
 
 bool BlockParams::AnyTrainable() {
@@ -111,6 +132,87 @@ absl::StatusOr<LlamaParams> LoadLlamaParams(const CheckpointReader& reader,
     }
   }
   return params;
+}
+
+absl::Status AddLoraAdapters(const LoraSpec& spec, LlamaParams* params) {
+  if (spec.rank < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("LoRA rank must be >= 1, got ", spec.rank));
+  }
+  if (!(spec.alpha > 0)) {
+    return absl::InvalidArgumentError(absl::StrCat("LoRA alpha must be > 0, got ", spec.alpha));
+  }
+  if (spec.blocks.size() != params->blocks.size()) {
+    return absl::InvalidArgumentError(absl::StrCat("the LoRA spec names ", spec.blocks.size(),
+                                                   " blocks; the model has ",
+                                                   params->blocks.size()));
+  }
+  std::vector<int> targets;
+  for (const std::string& name : spec.targets) {
+    int t = 0;
+    while (t < kLoraTargets && name != kLoraTargetNames[t]) ++t;
+    if (t == kLoraTargets) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("unknown LoRA target '", name,
+                       "' (one of q_proj, k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj)"));
+    }
+    targets.push_back(t);
+  }
+  if (targets.empty()) return absl::InvalidArgumentError("LoRA needs at least one target");
+  if (std::find(spec.blocks.begin(), spec.blocks.end(), true) == spec.blocks.end()) {
+    return absl::InvalidArgumentError("LoRA adapts no block");
+  }
+  for (Parameter* p : params->All()) p->SetTrainable(false);
+  params->lora_rank = spec.rank;
+  params->lora_alpha = spec.alpha;
+  std::mt19937_64 rng(spec.seed ^ 0x4C6F5241ull);  // "LoRA"
+  for (size_t layer = 0; layer < params->blocks.size(); ++layer) {
+    if (!spec.blocks[layer]) continue;
+    BlockParams& block = params->blocks[layer];
+    for (int t : targets) {
+      const Parameter& w = block.LoraBase(t);
+      const int64_t out = w.shape[0], in = w.shape[1];
+      const std::string prefix = w.name.substr(0, w.name.size() - std::string(".weight").size());
+      LoraAdapter& adapter = block.lora[t];
+      adapter.a.name = prefix + ".lora_A.weight";
+      adapter.a.shape = {spec.rank, in};
+      adapter.a.value.resize(spec.rank * in);
+      std::uniform_real_distribution<float> init(-1.0f / std::sqrt(static_cast<float>(in)),
+                                                 1.0f / std::sqrt(static_cast<float>(in)));
+      for (float& v : adapter.a.value) v = init(rng);
+      adapter.b.name = prefix + ".lora_B.weight";
+      adapter.b.shape = {out, spec.rank};
+      adapter.b.value.assign(out * spec.rank, 0.0f);
+      adapter.a.decay = adapter.b.decay = true;
+      adapter.a.SetTrainable(true);
+      adapter.b.SetTrainable(true);
+    }
+  }
+  return absl::OkStatus();
+}
+
+std::vector<float> MergedLoraWeight(const LlamaParams& params, int64_t layer, int t) {
+  const BlockParams& block = params.blocks[layer];
+  const Parameter& w = block.LoraBase(t);
+  const LoraAdapter& adapter = block.lora[t];
+  const int64_t out = w.shape[0], in = w.shape[1], r = adapter.a.shape[0];
+  std::vector<float> merged = w.value;
+  // merged[out, in] += scale * B[out, r] A[r, in]
+  cpu::Sgemm(false, false, out, in, r, params.LoraScale(), adapter.b.value.data(), r,
+             adapter.a.value.data(), in, 1.0f, merged.data(), in);
+  return merged;
+}
+
+void MergeLoraAdapters(LlamaParams* params) {
+  for (size_t layer = 0; layer < params->blocks.size(); ++layer) {
+    BlockParams& block = params->blocks[layer];
+    for (int t = 0; t < kLoraTargets; ++t) {
+      if (!block.lora[t].present()) continue;
+      block.LoraBase(t).value = MergedLoraWeight(*params, static_cast<int64_t>(layer), t);
+      block.lora[t] = LoraAdapter();
+    }
+  }
+  params->lora_rank = 0;
+  params->lora_alpha = 0;
 }
 
 absl::Status ApplyTrainableSet(const TrainableSet& set, LlamaParams* params) {

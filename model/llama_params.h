@@ -14,6 +14,20 @@
 
 namespace llamapro {
 
+// A LoRA adapter of one weight W [out, in] (Hu et al. 2021): the layer
+// computes x W^T + scale * (x A^T) B^T with A [rank, in], B [out, rank];
+// scale = alpha / rank. Named as PEFT names them without its
+// "base_model.model." prefix ("model.layers.3.self_attn.q_proj.lora_A.weight").
+struct LoraAdapter {
+  Parameter a, b;
+  bool present() const { return !a.value.empty(); }
+};
+
+// The weights LoRA can adapt, in this order (PEFT's target_modules names).
+inline constexpr int kLoraTargets = 7;
+inline constexpr const char* kLoraTargetNames[kLoraTargets] = {
+    "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+
 struct BlockParams {
   Parameter input_norm;
   Parameter q_proj, k_proj, v_proj, o_proj;
@@ -21,6 +35,11 @@ struct BlockParams {
   Parameter post_norm;
   Parameter gate_proj, up_proj, down_proj;
   Parameter gate_bias, up_bias, down_bias;  // Empty without mlp_bias.
+  LoraAdapter lora[kLoraTargets];           // Indexed like kLoraTargetNames; mostly absent.
+
+  // The weight target `t` (0..6, kLoraTargetNames) adapts.
+  Parameter& LoraBase(int t);
+  const Parameter& LoraBase(int t) const;
 
   // Every present tensor, in checkpoint order.
   std::vector<Parameter*> All();
@@ -33,6 +52,12 @@ struct LlamaParams {
   std::vector<BlockParams> blocks;
   Parameter final_norm;  // [C]
   Parameter lm_head;     // [V, C]; empty when tied (the embedding serves).
+  // LoRA (AddLoraAdapters): rank and alpha of every adapter; rank 0 = none.
+  int64_t lora_rank = 0;
+  double lora_alpha = 0;
+  float LoraScale() const {
+    return lora_rank > 0 ? static_cast<float>(lora_alpha / static_cast<double>(lora_rank)) : 0.0f;
+  }
 
   std::vector<Parameter*> All();
   std::vector<Parameter*> Trainable();
@@ -59,6 +84,27 @@ struct TrainableSet {
 // them). Refuses a set with nothing trainable, or a tied lm_head whose
 // trainability differs from the embedding's, naming the problem.
 absl::Status ApplyTrainableSet(const TrainableSet& set, LlamaParams* params);
+
+// LoRA: adapters of rank `rank` on the weights named in `targets`
+// (kLoraTargetNames) of the blocks where blocks[i] is true, trainable, with
+// A uniform in +-1/sqrt(in) (PEFT's Kaiming-uniform init) from `seed` and B
+// zero, so the model computes exactly what it did; every other parameter is
+// frozen. Errors name a bad target, rank or alpha.
+struct LoraSpec {
+  int64_t rank = 8;
+  double alpha = 16;
+  std::vector<std::string> targets;
+  std::vector<bool> blocks;
+  uint64_t seed = 0;
+};
+absl::Status AddLoraAdapters(const LoraSpec& spec, LlamaParams* params);
+
+// W + scale * B A of block `layer`'s target `t` (its adapter must be present).
+std::vector<float> MergedLoraWeight(const LlamaParams& params, int64_t layer, int t);
+
+// Folds every adapter into its weight and removes the adapters: the model
+// then computes the same function without LoRA.
+void MergeLoraAdapters(LlamaParams* params);
 
 }  // namespace llamapro
 

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
 #include "base/status_macros.h"
+#include "kernels/cpu/blas.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/reference.h"
 #include "model/rope.h"
@@ -22,6 +23,37 @@ namespace {
 const float* ValueOf(const Parameter& p) { return p.value.empty() ? nullptr : p.value.data(); }
 
 void AddTo(float* y, const std::vector<float>& x, int64_t n) { cpu::AddInPlace(y, x.data(), n); }
+
+// LoRA forward of a linear layer y = x W^T: y[n, out] += scale * t B^T with
+// t = x A^T [n, rank] kept in *t for the backward. Nothing when absent.
+void LoraForward(const LoraAdapter& l, float scale, const float* x, float* y, std::vector<float>* t,
+                 int64_t n, int64_t in, int64_t out) {
+  if (!l.present()) return;
+  const int64_t r = l.a.shape[0];
+  t->resize(n * r);
+  cpu::Sgemm(false, true, n, r, in, 1.0f, x, in, l.a.value.data(), in, 0.0f, t->data(), r);
+  cpu::Sgemm(false, true, n, out, r, scale, t->data(), r, l.b.value.data(), r, 1.0f, y, out);
+}
+
+// Its backward, given dy [n, out], the layer input x and t: dB += scale dy^T t,
+// dt = scale dy B, dA += dt^T x, and dx += dt A when dx != nullptr.
+void LoraBackward(const LoraAdapter& l, float scale, const float* dy, const float* x,
+                  const std::vector<float>& t, float* da, float* db, float* dx,
+                  std::vector<float>* dt, int64_t n, int64_t in, int64_t out) {
+  if (!l.present()) return;
+  const int64_t r = l.a.shape[0];
+  if (db != nullptr) {
+    cpu::Sgemm(true, false, out, r, n, scale, dy, out, t.data(), r, 1.0f, db, r);
+  }
+  dt->resize(n * r);
+  cpu::Sgemm(false, false, n, r, out, scale, dy, out, l.b.value.data(), r, 0.0f, dt->data(), r);
+  if (da != nullptr) {
+    cpu::Sgemm(true, false, r, in, n, 1.0f, dt->data(), r, x, in, 1.0f, da, in);
+  }
+  if (dx != nullptr) {
+    cpu::Sgemm(false, false, n, in, r, 1.0f, dt->data(), r, l.a.value.data(), in, 1.0f, dx, in);
+  }
+}
 
 // With LLAMAPRO_PROFILE=1 in the environment, wall time per op kind is
 // summed and printed to stderr at exit (a development aid; off by default,
@@ -215,6 +247,16 @@ void TrainingPass::ComputeFlops() {
     if (need_dxn1) backward += 2 * qkv;
     if (b.q_proj.trainable) backward += 2 * qkv;
   }
+  // LoRA: t = x A^T and t B^T forward; dB, dt, dA and dx backward.
+  for (int64_t i = 0; i < static_cast<int64_t>(params_->blocks.size()); ++i) {
+    for (const LoraAdapter& l : params_->blocks[i].lora) {
+      if (!l.present()) continue;
+      const double r = static_cast<double>(l.a.shape[0]);
+      const double in = static_cast<double>(l.a.shape[1]), out = static_cast<double>(l.b.shape[0]);
+      flops_.forward += 2 * r * (in + out);
+      if (for_training_ && i >= lowest_) backward += 4 * r * (in + out);
+    }
+  }
   flops_.backward = backward;
 }
 
@@ -254,12 +296,18 @@ void TrainingPass::BlockForward(int64_t layer, BlockActivations* saved, float* x
   if (saved != nullptr) std::memcpy(a.x_in.data(), x, n * c * sizeof(float));
   LP_OP("rmsnorm fwd",
         cpu::RmsNormForward(x, b.input_norm.value.data(), a.xn1.data(), a.inv1.data(), n, c, eps));
+  const float s = params_->LoraScale();
   LP_OP("gemm fwd", cpu::Linear(a.xn1.data(), b.q_proj.value.data(), ValueOf(b.q_bias), a.q.data(),
                                 n, c, h * d));
   LP_OP("gemm fwd", cpu::Linear(a.xn1.data(), b.k_proj.value.data(), ValueOf(b.k_bias), a.k.data(),
                                 n, c, hkv * d));
   LP_OP("gemm fwd", cpu::Linear(a.xn1.data(), b.v_proj.value.data(), ValueOf(b.v_bias), a.v.data(),
                                 n, c, hkv * d));
+  LP_OP("lora fwd", LoraForward(b.lora[0], s, a.xn1.data(), a.q.data(), &a.lora_t[0], n, c, h * d));
+  LP_OP("lora fwd",
+        LoraForward(b.lora[1], s, a.xn1.data(), a.k.data(), &a.lora_t[1], n, c, hkv * d));
+  LP_OP("lora fwd",
+        LoraForward(b.lora[2], s, a.xn1.data(), a.v.data(), &a.lora_t[2], n, c, hkv * d));
   LP_OP("rope", cpu::ApplyRope(a.q.data(), cos_.data(), sin_.data(), batch_, seq_len_, h, d));
   LP_OP("rope", cpu::ApplyRope(a.k.data(), cos_.data(), sin_.data(), batch_, seq_len_, hkv, d));
   LP_OP("attention fwd", cpu::AttentionForward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(),
@@ -267,6 +315,8 @@ void TrainingPass::BlockForward(int64_t layer, BlockActivations* saved, float* x
                                                config_.sliding_window, attn_scratch_.data()));
   LP_OP("gemm fwd", cpu::Linear(a.attn.data(), b.o_proj.value.data(), ValueOf(b.o_bias),
                                 dtmp_.data(), n, h * d, c));
+  LP_OP("lora fwd",
+        LoraForward(b.lora[3], s, a.attn.data(), dtmp_.data(), &a.lora_t[3], n, h * d, c));
   LP_OP("add", cpu::AddInPlace(x, dtmp_.data(), n * c));
   if (saved != nullptr) std::memcpy(a.x_mid.data(), x, n * c * sizeof(float));
   LP_OP("rmsnorm fwd",
@@ -275,9 +325,12 @@ void TrainingPass::BlockForward(int64_t layer, BlockActivations* saved, float* x
                                 a.gate.data(), n, c, f));
   LP_OP("gemm fwd", cpu::Linear(a.xn2.data(), b.up_proj.value.data(), ValueOf(b.up_bias),
                                 a.up.data(), n, c, f));
+  LP_OP("lora fwd", LoraForward(b.lora[4], s, a.xn2.data(), a.gate.data(), &a.lora_t[4], n, c, f));
+  LP_OP("lora fwd", LoraForward(b.lora[5], s, a.xn2.data(), a.up.data(), &a.lora_t[5], n, c, f));
   LP_OP("silu-mul fwd", cpu::SiluMul(a.gate.data(), a.up.data(), act_.data(), n * f));
   LP_OP("gemm fwd", cpu::Linear(act_.data(), b.down_proj.value.data(), ValueOf(b.down_bias),
                                 dtmp_.data(), n, f, c));
+  LP_OP("lora fwd", LoraForward(b.lora[6], s, act_.data(), dtmp_.data(), &a.lora_t[6], n, f, c));
   LP_OP("add", cpu::AddInPlace(x, dtmp_.data(), n * c));
 }
 
@@ -303,17 +356,30 @@ void TrainingPass::BlockBackward(int64_t layer, bool need_input_grad, float* dre
   const int64_t h = config_.num_attention_heads, hkv = config_.num_key_value_heads;
   const int64_t d = config_.head_dim;
 
+  const float s = params_->LoraScale();
+  // LoRA adapter t's gradients (and its input gradient into dx).
+  auto lora = [&](int t, const float* dy, const float* x, float* dx, int64_t in, int64_t out) {
+    LoraAdapter& l = b.lora[t];
+    LP_OP("lora bwd",
+          LoraBackward(l, s, dy, x, a.lora_t[t], Grad(l.a), Grad(l.b), dx, &lora_dt_, n, in, out));
+  };
+
   // MLP branch: x_out = x_mid + down(silu(gate) * up).
-  if (b.down_proj.trainable) cpu::SiluMul(a.gate.data(), a.up.data(), act_.data(), n * f);
+  if (b.down_proj.trainable || b.lora[6].present()) {
+    cpu::SiluMul(a.gate.data(), a.up.data(), act_.data(), n * f);
+  }
   LP_OP("gemm bwd", cpu::LinearBackward(dres, act_.data(), b.down_proj.value.data(), dact_.data(),
                                         Grad(b.down_proj), Grad(b.down_bias), n, f, c));
+  lora(6, dres, act_.data(), dact_.data(), f, c);
   LP_OP("silu-mul bwd", cpu::SiluMulBackward(a.gate.data(), a.up.data(), dact_.data(),
                                              dgate_.data(), dup_.data(), n * f));
   LP_OP("gemm bwd",
         cpu::LinearBackward(dgate_.data(), a.xn2.data(), b.gate_proj.value.data(), dxn_.data(),
                             Grad(b.gate_proj), Grad(b.gate_bias), n, c, f));
+  lora(4, dgate_.data(), a.xn2.data(), dxn_.data(), c, f);
   LP_OP("gemm bwd", cpu::LinearBackward(dup_.data(), a.xn2.data(), b.up_proj.value.data(),
                                         dtmp_.data(), Grad(b.up_proj), Grad(b.up_bias), n, c, f));
+  lora(5, dup_.data(), a.xn2.data(), dtmp_.data(), c, f);
   LP_OP("add", AddTo(dxn_.data(), dtmp_, n * c));
   LP_OP("rmsnorm bwd", cpu::RmsNormBackward(dxn_.data(), a.x_mid.data(), b.post_norm.value.data(),
                                             a.inv2.data(), dtmp_.data(), Grad(b.post_norm), n, c));
@@ -322,6 +388,7 @@ void TrainingPass::BlockBackward(int64_t layer, bool need_input_grad, float* dre
   // Attention branch: x_mid = x_in + o(attention(rope(q), rope(k), v)).
   LP_OP("gemm bwd", cpu::LinearBackward(dres, a.attn.data(), b.o_proj.value.data(), dattn_.data(),
                                         Grad(b.o_proj), Grad(b.o_bias), n, h * d, c));
+  lora(3, dres, a.attn.data(), dattn_.data(), h * d, c);
   LP_OP("attention bwd",
         cpu::AttentionBackward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(),
                                dattn_.data(), dq_.data(), dk_.data(), dv_.data(), batch_, seq_len_,
@@ -334,13 +401,16 @@ void TrainingPass::BlockBackward(int64_t layer, bool need_input_grad, float* dre
   LP_OP("gemm bwd", cpu::LinearBackward(dq_.data(), a.xn1.data(), b.q_proj.value.data(),
                                         need_dxn1 ? dxn_.data() : nullptr, Grad(b.q_proj),
                                         Grad(b.q_bias), n, c, h * d));
+  lora(0, dq_.data(), a.xn1.data(), need_dxn1 ? dxn_.data() : nullptr, c, h * d);
   LP_OP("gemm bwd", cpu::LinearBackward(dk_.data(), a.xn1.data(), b.k_proj.value.data(),
                                         need_dxn1 ? dtmp_.data() : nullptr, Grad(b.k_proj),
                                         Grad(b.k_bias), n, c, hkv * d));
+  lora(1, dk_.data(), a.xn1.data(), need_dxn1 ? dtmp_.data() : nullptr, c, hkv * d);
   if (need_dxn1) LP_OP("add", AddTo(dxn_.data(), dtmp_, n * c));
   LP_OP("gemm bwd", cpu::LinearBackward(dv_.data(), a.xn1.data(), b.v_proj.value.data(),
                                         need_dxn1 ? dtmp_.data() : nullptr, Grad(b.v_proj),
                                         Grad(b.v_bias), n, c, hkv * d));
+  lora(2, dv_.data(), a.xn1.data(), need_dxn1 ? dtmp_.data() : nullptr, c, hkv * d);
   if (!need_dxn1) return;
   LP_OP("add", AddTo(dxn_.data(), dtmp_, n * c));
   LP_OP("rmsnorm bwd",
@@ -379,6 +449,15 @@ absl::StatusOr<LossSum> TrainingPass::ForwardBackward(std::span<const int32_t> t
           cpu::EmbeddingBackward(dres_.data(), inputs_.data(), params_->embed.grad.data(), n, c));
   }
   return sum;
+}
+
+absl::StatusOr<std::vector<float>> TrainingPass::Logits(std::span<const int32_t> tokens) {
+  LP_RETURN_IF_ERROR(Prepare(tokens, {}));
+  Forward(/*keep_final=*/false);
+  std::vector<float> logits(rows_ * config_.vocab_size);
+  cpu::Linear(xn_final_.data(), params_->Head().value.data(), nullptr, logits.data(), rows_,
+              config_.hidden_size, config_.vocab_size);
+  return logits;
 }
 
 absl::StatusOr<LossSum> TrainingPass::Evaluate(std::span<const int32_t> tokens,

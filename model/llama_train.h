@@ -57,6 +57,9 @@ class TrainingPass {
                                           std::span<const uint8_t> mask, float grad_scale);
   // The loss sum only (evaluation); no gradients, nothing kept.
   absl::StatusOr<LossSum> Evaluate(std::span<const int32_t> tokens, std::span<const uint8_t> mask);
+  // The logits [batch * seq_len, V] of the inputs of `tokens` (laid out as
+  // for Evaluate; the last id of each row is not an input). For tests.
+  absl::StatusOr<std::vector<float>> Logits(std::span<const int32_t> tokens);
 
   // The private gradient buffer of a trainable parameter (nullptr without
   // private gradients or for a frozen parameter).
@@ -72,6 +75,7 @@ class TrainingPass {
  private:
   struct BlockActivations {
     std::vector<float> x_in, xn1, inv1, q, k, v, attn, lse, x_mid, xn2, inv2, gate, up;
+    std::vector<float> lora_t[kLoraTargets];  // x A^T of each LoRA adapter [rows, rank].
   };
   absl::Status Prepare(std::span<const int32_t> tokens, std::span<const uint8_t> mask);
   // Runs the blocks and the final norm; with `keep_final` also keeps the
@@ -99,6 +103,7 @@ class TrainingPass {
   std::vector<float> x_, x_final_, xn_final_, inv_final_;
   // Backward work space.
   std::vector<float> dres_, dxn_, dtmp_, dq_, dk_, dv_, dattn_, dact_, dgate_, dup_, act_;
+  std::vector<float> lora_dt_;  // LoRA backward work space [rows, rank].
   std::vector<float> attn_scratch_, lm_scratch_;
   std::map<const Parameter*, std::vector<float>> private_grads_;
   FlopCount flops_;

@@ -75,7 +75,10 @@ if [ "${LLAMAPRO_SETUP_PYTHON:-1}" != 0 ]; then
   # A stamp marks a complete environment: an interrupted run is redone.
   stamp="$LLAMAPRO_HF_VENV/.llamapro-ok"
   hf_requirements="transformers==4.44.2 safetensors==0.4.5 sentencepiece==0.2.0 protobuf==4.25.3"
-  if [ "$(cat "$stamp" 2>/dev/null)" != "$hf_requirements" ]; then
+  # PEFT (the LoRA adapter test) without its dependencies' requirements, which
+  # would replace Debian's torch with a multi-gigabyte CUDA build.
+  hf_no_deps="peft==0.12.0 accelerate==0.33.0 psutil==5.9.8"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$hf_requirements $hf_no_deps" ]; then
     log "creating $LLAMAPRO_HF_VENV with $hf_requirements"
     rm -rf "$LLAMAPRO_HF_VENV"
     # Debian's interpreter (pyenv's python3 on PATH lacks Debian's torch).
@@ -83,8 +86,10 @@ if [ "${LLAMAPRO_SETUP_PYTHON:-1}" != 0 ]; then
     # 4.44 is the newest transformers that runs on Debian's torch 1.13.
     # shellcheck disable=SC2086
     "$LLAMAPRO_HF_VENV/bin/pip" install -q --disable-pip-version-check $hf_requirements
-    "$LLAMAPRO_HF_VENV/bin/python" -c 'import transformers, torch, safetensors'
-    echo "$hf_requirements" > "$stamp"
+    # shellcheck disable=SC2086
+    "$LLAMAPRO_HF_VENV/bin/pip" install -q --disable-pip-version-check --no-deps $hf_no_deps
+    "$LLAMAPRO_HF_VENV/bin/python" -c 'import transformers, torch, safetensors, peft'
+    echo "$hf_requirements $hf_no_deps" > "$stamp"
   fi
 fi
 # kubernetes-validate (offline Kubernetes schemas) and hadolint (a static

@@ -25,9 +25,18 @@ constexpr char kStateFormat[] = "llamapro.trainer-state";
 constexpr char kMasterPrefix[] = "master.";
 
 absl::Status WriteWeights(const std::string& dir, LlamaParams& params,
-                          const CheckpointReader& source, uint64_t shard_bytes) {
+                          const CheckpointReader& source, uint64_t shard_bytes, bool merge_lora) {
   std::map<std::string, Parameter*> by_name;
   for (Parameter* p : params.All()) by_name[p->name] = p;
+  // Weights with a LoRA adapter, when written merged: (layer, target).
+  std::map<std::string, std::pair<int64_t, int>> merged;
+  for (size_t layer = 0; merge_lora && layer < params.blocks.size(); ++layer) {
+    for (int t = 0; t < kLoraTargets; ++t) {
+      if (params.blocks[layer].lora[t].present()) {
+        merged[params.blocks[layer].LoraBase(t).name] = {static_cast<int64_t>(layer), t};
+      }
+    }
+  }
   std::vector<TensorSpec> specs;
   for (const std::string& name : source.names()) {
     const TensorInfo& info = *source.Find(name)->info;
@@ -38,6 +47,16 @@ absl::Status WriteWeights(const std::string& dir, LlamaParams& params,
   for (size_t i = 0; i < specs.size(); ++i) {
     LP_RETURN_IF_ERROR(writer->BeginTensor(i));
     const TensorRef ref = *source.Find(specs[i].name);
+    if (auto m = merged.find(specs[i].name); m != merged.end()) {
+      const std::vector<float> values = MergedLoraWeight(params, m->second.first, m->second.second);
+      buffer.resize(values.size() * DTypeSize(specs[i].dtype));
+      if (!ConvertFromF32(values.data(), values.size(), specs[i].dtype, buffer.data())) {
+        return absl::InternalError(
+            absl::StrCat("cannot write ", specs[i].name, " as ", DTypeName(specs[i].dtype)));
+      }
+      LP_RETURN_IF_ERROR(writer->Append(buffer.data(), buffer.size()));
+      continue;
+    }
     auto it = by_name.find(specs[i].name);
     if (it == by_name.end() || !it->second->trainable) {
       // Frozen (or not a model parameter): the source bytes, unchanged.
@@ -54,6 +73,51 @@ absl::Status WriteWeights(const std::string& dir, LlamaParams& params,
     LP_RETURN_IF_ERROR(writer->Append(buffer.data(), buffer.size()));
   }
   return writer->Finish();
+}
+
+// The adapters as PEFT writes them: adapter_model.safetensors (fp32, names
+// prefixed "base_model.model.") and adapter_config.json.
+absl::Status WritePeftAdapter(const std::string& dir, LlamaParams& params,
+                              const std::string& base_model) {
+  std::vector<TensorSpec> specs;
+  std::vector<const Parameter*> tensors;
+  std::set<std::string> targets;
+  std::vector<int64_t> layers;
+  for (size_t layer = 0; layer < params.blocks.size(); ++layer) {
+    bool any = false;
+    for (int t = 0; t < kLoraTargets; ++t) {
+      const LoraAdapter& l = params.blocks[layer].lora[t];
+      if (!l.present()) continue;
+      any = true;
+      targets.insert(kLoraTargetNames[t]);
+      for (const Parameter* p : {&l.a, &l.b}) {
+        specs.push_back({"base_model.model." + p->name, DType::kF32, p->shape});
+        tensors.push_back(p);
+      }
+    }
+    if (any) layers.push_back(static_cast<int64_t>(layer));
+  }
+  LP_ASSIGN_OR_RETURN(auto writer,
+                      SafetensorsWriter::Create(JoinPath(dir, "adapter_model.safetensors"), specs,
+                                                {{"format", "pt"}}));
+  for (const Parameter* p : tensors) {
+    LP_RETURN_IF_ERROR(writer->Append(p->value.data(), p->value.size() * sizeof(float)));
+  }
+  LP_RETURN_IF_ERROR(writer->Finish());
+  Json config = {{"peft_type", "LORA"},
+                 {"task_type", "CAUSAL_LM"},
+                 {"base_model_name_or_path", base_model},
+                 {"r", params.lora_rank},
+                 {"lora_alpha", params.lora_alpha},
+                 {"lora_dropout", 0.0},
+                 {"target_modules", std::vector<std::string>(targets.begin(), targets.end())},
+                 {"bias", "none"},
+                 {"fan_in_fan_out", false},
+                 {"inference_mode", true},
+                 {"init_lora_weights", true},
+                 {"layers_to_transform", layers},
+                 {"modules_to_save", nullptr}};
+  return WriteFileAtomic(JoinPath(dir, "adapter_config.json"), config.dump(2) + "\n");
 }
 
 absl::Status WriteOptimizerState(const std::string& path, LlamaParams& params,
@@ -130,7 +194,11 @@ absl::StatusOr<std::string> WriteTrainingCheckpoint(const CheckpointWriteOptions
   const std::string name = CheckpointName(state.step);
   const std::string final_dir = JoinPath(options.output_dir, name);
   LP_ASSIGN_OR_RETURN(auto staging, StagingDir::Create(final_dir));
-  LP_RETURN_IF_ERROR(WriteWeights(staging->path(), params, source, options.shard_bytes));
+  LP_RETURN_IF_ERROR(
+      WriteWeights(staging->path(), params, source, options.shard_bytes, options.merge_lora));
+  if (params.lora_rank > 0 && !options.merge_lora) {
+    LP_RETURN_IF_ERROR(WritePeftAdapter(staging->path(), params, source.dir()));
+  }
   LP_RETURN_IF_ERROR(
       WriteFileAtomic(JoinPath(staging->path(), kConfigFile), SerializeLlamaConfig(params.config)));
   LP_RETURN_IF_ERROR(

@@ -9,7 +9,10 @@
 // Frozen tensors are copied byte for byte from the checkpoint the run
 // started from; trainable ones are rounded from their fp32 master values to
 // their source dtype (the exact fp32 values live in optimizer.safetensors,
-// which is what a resume reads).
+// which is what a resume reads). With LoRA, the adapted weights are written
+// merged, or the adapters as a PEFT adapter (CheckpointWriteOptions); the
+// adapters' exact values are in optimizer.safetensors, and a resume reads the
+// base weights from the run's `model`, not from the checkpoint.
 #ifndef LLAMAPRO_TRAIN_CHECKPOINT_H_
 #define LLAMAPRO_TRAIN_CHECKPOINT_H_
 
@@ -49,6 +52,10 @@ struct CheckpointWriteOptions {
   std::string output_dir;
   int keep = 3;  // Checkpoints kept (the newest); 0 keeps all.
   uint64_t shard_bytes = 5'000'000'000;
+  // With LoRA adapters: true writes each adapted weight merged (W + scale B A,
+  // a plain model); false keeps the base weights and writes the adapters as a
+  // PEFT adapter (adapter_config.json, adapter_model.safetensors) beside them.
+  bool merge_lora = true;
 };
 
 // Writes checkpoint-<step> under options.output_dir and points `latest` at

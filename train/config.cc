@@ -34,6 +34,8 @@ absl::string_view TrainableModeName(TrainableConfig::Mode mode) {
       return "all";
     case TrainableConfig::Mode::kLayers:
       return "layers";
+    case TrainableConfig::Mode::kLora:
+      return "lora";
   }
   return "unknown";
 }
@@ -54,8 +56,9 @@ struct Section {
 const std::vector<Section>& Schema() {
   static const auto* const kSchema = new std::vector<Section>{
       {"",
-       {"model", "output_dir", "data", "trainable", "optimizer", "schedule", "batch", "steps",
-        "tokens", "eval", "checkpoint", "precision", "device", "threads", "log_interval"}},
+       {"model", "output_dir", "data", "trainable", "lora", "optimizer", "schedule", "batch",
+        "steps", "tokens", "eval", "checkpoint", "precision", "device", "threads", "log_interval"}},
+      {"lora", {"rank", "alpha", "dropout", "targets", "blocks", "export"}},
       {"data", {"store", "mixture", "seq_len", "seed"}},
       {"trainable", {"layers", "embeddings", "norm", "lm_head"}},
       {"optimizer", {"name", "lr", "betas", "eps", "weight_decay", "clip_grad_norm", "momentum"}},
@@ -406,6 +409,8 @@ class Parser {
   absl::StatusOr<std::vector<MixtureComponent>> ParseMixtureNode(const YAML::Node& node,
                                                                  absl::string_view path) const;
   absl::Status ParseTrainable(const YAML::Node& node, TrainableConfig* trainable) const;
+  absl::Status ParseLora(const YAML::Node& node, const TrainableConfig& trainable,
+                         LoraConfig* lora) const;
   absl::Status ParseOptimizer(const YAML::Node& node, OptimizerConfig* optimizer) const;
   absl::Status ParseSchedule(const YAML::Node& node, const JobConfig& job,
                              ScheduleConfig* schedule) const;
@@ -496,12 +501,51 @@ absl::Status Parser::ParseData(const YAML::Node& node, DataConfig* data) const {
   return absl::OkStatus();
 }
 
+absl::Status Parser::ParseLora(const YAML::Node& node, const TrainableConfig& trainable,
+                               LoraConfig* lora) const {
+  *lora = LoraConfig();
+  if (!Present(node)) return absl::OkStatus();
+  if (trainable.mode != TrainableConfig::Mode::kLora) {
+    return Error("lora", "applies only with 'trainable: lora'");
+  }
+  LP_RETURN_IF_ERROR(CheckMap(node, "lora"));
+  LP_ASSIGN_OR_RETURN(lora->rank,
+                      IntegerOr(node["rank"], "lora.rank", lora->rank, 1, "an integer >= 1"));
+  LP_ASSIGN_OR_RETURN(lora->alpha, NumberOr(node["alpha"], "lora.alpha", lora->alpha, 0, false, 1e9,
+                                            true, "a number > 0"));
+  LP_ASSIGN_OR_RETURN(lora->dropout, NumberOr(node["dropout"], "lora.dropout", 0, 0, true, 1, false,
+                                              "a number in [0, 1)"));
+  if (lora->dropout != 0) {
+    return Error("lora.dropout",
+                 "only 0 is supported (this engine's LoRA has no dropout on the adapter input)");
+  }
+  if (Present(node["targets"])) {
+    LP_ASSIGN_OR_RETURN(lora->targets, Names(node["targets"], "lora.targets"));
+    static const std::vector<std::string> kKnown = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                    "gate_proj", "up_proj", "down_proj"};
+    for (const std::string& t : lora->targets) {
+      if (std::find(kKnown.begin(), kKnown.end(), t) == kKnown.end()) {
+        return Error("lora.targets", absl::StrCat("unknown target '", t, "' (one of ",
+                                                  absl::StrJoin(kKnown, ", "), ")"));
+      }
+    }
+    if (lora->targets.empty()) return Error("lora.targets", "name at least one weight");
+  }
+  LP_ASSIGN_OR_RETURN(std::string blocks,
+                      ChoiceOr(node["blocks"], "lora.blocks", "all", {"all", "new"}));
+  lora->new_blocks_only = blocks == "new";
+  LP_ASSIGN_OR_RETURN(std::string mode,
+                      ChoiceOr(node["export"], "lora.export", "merged", {"merged", "adapter"}));
+  lora->merge = mode == "merged";
+  return absl::OkStatus();
+}
+
 absl::Status Parser::ParseTrainable(const YAML::Node& node, TrainableConfig* trainable) const {
   *trainable = TrainableConfig();
   if (!Present(node)) return absl::OkStatus();
   trainable->explicit_ = true;
   constexpr absl::string_view kWant =
-      "expanded, all, or a map {layers: [...], embeddings, norm, lm_head}";
+      "expanded, all, lora, or a map {layers: [...], embeddings, norm, lm_head}";
   if (node.IsScalar()) {
     const std::string mode = absl::AsciiStrToLower(node.Scalar());
     if (mode == "expanded") {
@@ -509,6 +553,8 @@ absl::Status Parser::ParseTrainable(const YAML::Node& node, TrainableConfig* tra
     } else if (mode == "all") {
       trainable->mode = TrainableConfig::Mode::kAll;
       trainable->embeddings = trainable->norm = trainable->lm_head = true;
+    } else if (mode == "lora") {
+      trainable->mode = TrainableConfig::Mode::kLora;
     } else {
       return Got("trainable", kWant, node);
     }
@@ -793,6 +839,7 @@ absl::StatusOr<JobConfig> Parser::Parse(const YAML::Node& root) const {
                       Path(root["output_dir"], "output_dir", "where checkpoints and logs go"));
   LP_RETURN_IF_ERROR(ParseData(root["data"], &job.data));
   LP_RETURN_IF_ERROR(ParseTrainable(root["trainable"], &job.trainable));
+  LP_RETURN_IF_ERROR(ParseLora(root["lora"], job.trainable, &job.lora));
   LP_RETURN_IF_ERROR(ParseOptimizer(root["optimizer"], &job.optimizer));
   LP_RETURN_IF_ERROR(ParseBatch(root["batch"], job.data.seq_len, &job.batch));
   LP_RETURN_IF_ERROR(ParseSteps(root, &job));

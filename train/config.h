@@ -49,7 +49,7 @@ struct DataConfig {
 // and kAll otherwise (an explicit `expanded` on a model without one is an
 // error there).
 struct TrainableConfig {
-  enum class Mode { kExpanded, kAll, kLayers };
+  enum class Mode { kExpanded, kAll, kLayers, kLora };
   Mode mode = Mode::kExpanded;
   std::vector<int64_t> layers;  // kLayers: block indices, sorted and distinct.
   bool embeddings = false;      // true for kAll.
@@ -58,7 +58,18 @@ struct TrainableConfig {
   bool explicit_ = false;       // The YAML set `trainable`.
 };
 
-// "expanded", "all", "layers".
+// LoRA (`trainable: lora`): low-rank adapters on the chosen weights; the
+// base model stays frozen. See docs/config.md#lora.
+struct LoraConfig {
+  int64_t rank = 8;
+  double alpha = 16;
+  double dropout = 0;                                       // Only 0 is supported.
+  std::vector<std::string> targets = {"q_proj", "v_proj"};  // PEFT's default for LLaMA.
+  bool new_blocks_only = false;  // `blocks: new`: only an expanded model's new blocks.
+  bool merge = true;             // `export: merged` (default) or `adapter`.
+};
+
+// "expanded", "all", "layers", "lora".
 absl::string_view TrainableModeName(TrainableConfig::Mode mode);
 
 // One optimizer step consumes global_sequences sequences of seq_len tokens,
@@ -97,6 +108,7 @@ struct JobConfig {
   std::string output_dir;  // Checkpoints and logs go here (resolved).
   DataConfig data;
   TrainableConfig trainable;
+  LoraConfig lora;            // With trainable.mode kLora.
   OptimizerConfig optimizer;  // name, lr (peak), betas, eps, weight decay, clipping.
   ScheduleConfig schedule;    // lr is optimizer.lr.
   BatchConfig batch;

@@ -65,6 +65,18 @@ absl::StatusOr<TrainableSet> ResolveTrainable(const JobConfig& config, const Lla
       set.blocks.assign(layers, true);
       set.embeddings = set.final_norm = set.lm_head = true;
       break;
+    case TrainableConfig::Mode::kLora:
+      // The blocks that get adapters (nothing else trains).
+      if (!config.lora.new_blocks_only) {
+        set.blocks.assign(layers, true);
+      } else if (!record || record->NewBlocks().empty()) {
+        return ConfigError(config, "lora.blocks",
+                           absl::StrCat("'new' needs an expanded model, but ", config.model,
+                                        " has no ", kExpansionFile));
+      } else {
+        for (int64_t b : record->NewBlocks()) set.blocks[b] = true;
+      }
+      return set;
     case TrainableConfig::Mode::kLayers:
       for (int64_t b : config.trainable.layers) {
         if (b < 0 || b >= layers) {
@@ -184,13 +196,28 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
         "output_dir"));
   }
 
-  LP_ASSIGN_OR_RETURN(LlamaConfig model_config, LoadLlamaConfig(load_dir));
-  LP_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(load_dir));
+  // With LoRA the base weights never change, and a checkpoint holds them
+  // merged with the adapters: the weights always come from the run's model,
+  // the adapters of a resumed run from its optimizer state.
+  const bool lora = config.trainable.mode == TrainableConfig::Mode::kLora;
+  const std::string weights_dir = lora ? config.model : load_dir;
+  LP_ASSIGN_OR_RETURN(LlamaConfig model_config, LoadLlamaConfig(weights_dir));
+  LP_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(weights_dir));
   LP_ASSIGN_OR_RETURN(LlamaParams params, LoadLlamaParams(*reader, model_config));
   LP_ASSIGN_OR_RETURN(std::optional<ExpansionRecord> record,
-                      LoadExpansionRecord(load_dir, model_config.num_hidden_layers));
+                      LoadExpansionRecord(weights_dir, model_config.num_hidden_layers));
   LP_ASSIGN_OR_RETURN(TrainableSet trainable, ResolveTrainable(config, params, record));
-  LP_RETURN_IF_ERROR(ApplyTrainableSet(trainable, &params));
+  if (lora) {
+    const absl::Status added = AddLoraAdapters({.rank = config.lora.rank,
+                                                .alpha = config.lora.alpha,
+                                                .targets = config.lora.targets,
+                                                .blocks = trainable.blocks,
+                                                .seed = config.data.seed},
+                                               &params);
+    if (!added.ok()) return ConfigError(config, "lora", added.message());
+  } else {
+    LP_RETURN_IF_ERROR(ApplyTrainableSet(trainable, &params));
+  }
   if (config.data.seq_len > model_config.max_position_embeddings) {
     return ConfigError(config, "data.seq_len",
                        absl::StrCat(config.data.seq_len,
@@ -274,10 +301,14 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
   for (size_t b = 0; b < trainable.blocks.size(); ++b) {
     if (trainable.blocks[b]) blocks.push_back(static_cast<int64_t>(b));
   }
-  plan.trainable_blocks.push_back(
+  const std::string where =
       blocks.size() == trainable.blocks.size()
           ? "all blocks"
-          : (blocks.empty() ? "no blocks" : "blocks " + absl::StrJoin(blocks, ", ")));
+          : (blocks.empty() ? "no blocks" : "blocks " + absl::StrJoin(blocks, ", "));
+  plan.trainable_blocks.push_back(
+      lora ? absl::StrCat("LoRA rank ", config.lora.rank, " alpha ", config.lora.alpha, " on ",
+                          absl::StrJoin(config.lora.targets, "/"), " of ", where)
+           : where);
   if (trainable.embeddings) plan.trainable_blocks.push_back("embeddings");
   if (trainable.final_norm) plan.trainable_blocks.push_back("final norm");
   if (trainable.lm_head && !model_config.tie_word_embeddings) {
@@ -301,7 +332,8 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
         absl::StrCat("cannot write ", JoinPath(config.output_dir, "metrics.jsonl")));
   }
   CheckpointWriteOptions checkpoint_options{.output_dir = config.output_dir,
-                                            .keep = static_cast<int>(config.checkpoint.keep)};
+                                            .keep = static_cast<int>(config.checkpoint.keep),
+                                            .merge_lora = config.lora.merge};
   auto write_checkpoint = [&]() -> absl::StatusOr<std::string> {
     LP_ASSIGN_OR_RETURN(std::string dir, WriteTrainingCheckpoint(checkpoint_options, state, params,
                                                                  *optimizer, *reader));

@@ -274,7 +274,8 @@ TEST(JobConfigTest, EachBadValueIsReportedWithItsKeyPath) {
       {{{"data", "{store: [s], mixture: a, seq_len: 16}"}},
        "job.yaml: data.store: must be a non-empty string, got a list of 1"},
       {{{"trainable", "frozen"}},
-       "job.yaml: trainable: must be expanded, all, or a map {layers: [...], embeddings, norm, "
+       "job.yaml: trainable: must be expanded, all, lora, or a map {layers: [...], embeddings, "
+       "norm, "
        "lm_head}, got \"frozen\""},
       {{{"trainable", "{layers: [3, -1]}"}},
        "job.yaml: trainable.layers[1]: must be a block index (>= 0), got -1"},
@@ -357,10 +358,11 @@ TEST(JobConfigTest, UnknownKeysAreErrorsThatSuggestTheIntendedKey) {
             "job.yaml: optimizer.warmup: unknown key (did you mean schedule.warmup?)");
   EXPECT_EQ(ErrorOf(Yaml({{"data", "{store: s, mixture: a, seq_len: 16, seqlen: 8}"}})),
             "job.yaml: data.seqlen: unknown key (did you mean seq_len?)");
-  EXPECT_EQ(ErrorOf(Yaml({{"wandb", "{project: x}"}})),
-            "job.yaml: wandb: unknown key; the top level takes model, output_dir, data, "
-            "trainable, optimizer, schedule, batch, steps, tokens, eval, checkpoint, precision, "
-            "device, threads, log_interval");
+  EXPECT_EQ(
+      ErrorOf(Yaml({{"wandb", "{project: x}"}})),
+      "job.yaml: wandb: unknown key; the top level takes model, output_dir, data, "
+      "trainable, lora, optimizer, schedule, batch, steps, tokens, eval, checkpoint, precision, "
+      "device, threads, log_interval");
 }
 
 TEST(JobConfigTest, MalformedYamlIsReportedWithLineAndColumn) {
@@ -391,6 +393,34 @@ TEST(JobConfigTest, GeneralCorporaDefaultToThoseTheMixtureDoesNotWeightMost) {
   EXPECT_TRUE(config.eval.general.empty());
   EXPECT_THAT(ErrorOf(Yaml({{"eval", "{corpora: [web, code], general: [wiki]}"}})),
               HasSubstr("eval.general: \"wiki\" is not one of eval.corpora (web, code)"));
+}
+
+TEST(JobConfigTest, LoraTakesRankAlphaTargetsBlocksAndExport) {
+  JobConfig config = ParseOk(Yaml({{"trainable", "lora"}}));
+  EXPECT_EQ(config.trainable.mode, TrainableConfig::Mode::kLora);
+  EXPECT_EQ(config.lora.rank, 8);
+  EXPECT_EQ(config.lora.alpha, 16);
+  EXPECT_THAT(config.lora.targets, ElementsAre("q_proj", "v_proj"));
+  EXPECT_FALSE(config.lora.new_blocks_only);
+  EXPECT_TRUE(config.lora.merge);
+  config = ParseOk(Yaml({{"trainable", "lora"},
+                         {"lora",
+                          "{rank: 4, alpha: 8, targets: [q_proj, down_proj], blocks: new, "
+                          "export: adapter}"}}));
+  EXPECT_EQ(config.lora.rank, 4);
+  EXPECT_THAT(config.lora.targets, ElementsAre("q_proj", "down_proj"));
+  EXPECT_TRUE(config.lora.new_blocks_only);
+  EXPECT_FALSE(config.lora.merge);
+  EXPECT_THAT(ErrorOf(Yaml({{"lora", "{rank: 4}"}})),
+              HasSubstr("lora: applies only with 'trainable: lora'"));
+  EXPECT_THAT(ErrorOf(Yaml({{"trainable", "lora"}, {"lora", "{targets: [lm_head]}"}})),
+              HasSubstr("lora.targets: unknown target 'lm_head'"));
+  EXPECT_THAT(ErrorOf(Yaml({{"trainable", "lora"}, {"lora", "{rank: 0}"}})),
+              HasSubstr("lora.rank"));
+  EXPECT_THAT(ErrorOf(Yaml({{"trainable", "lora"}, {"lora", "{dropout: 0.1}"}})),
+              HasSubstr("lora.dropout: only 0 is supported"));
+  EXPECT_THAT(ErrorOf(Yaml({{"trainable", "lora"}, {"lora", "{export: peft}"}})),
+              HasSubstr("lora.export"));
 }
 
 }  // namespace

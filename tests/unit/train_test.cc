@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/file.h"
 #include "data/ingest.h"
@@ -18,6 +19,7 @@
 #include "model/expand.h"
 #include "model/llama_params.h"
 #include "model/llama_train.h"
+#include "model/safetensors.h"
 #include "model/weights.h"
 #include "tests/testing/data_util.h"
 #include "tests/testing/test_util.h"
@@ -374,6 +376,115 @@ TEST(TrainerTest, StoppingAndResumingGivesByteIdenticalCheckpoints) {
   setup.config.steps = 12;
   auto changed = RunTraining(setup.config, {.resume = true});
   EXPECT_THAT(std::string(changed.status().message()), HasSubstr("data.seq_len"));
+}
+
+// LoRA (trainable: lora): only the adapters train; a checkpoint holds the
+// merged model (or, with export: adapter, the base model and a PEFT adapter)
+// and resumes exactly.
+TEST(TrainerTest, LoraTrainsOnlyItsAdaptersAndCheckpointsTheMergedModel) {
+  ScratchDir dir;
+  const std::string model = ExpandedModel(dir);
+  TrainingSetup setup = MakeSetup(dir, model, 6, {.lr = 3e-2});
+  setup.config.trainable.mode = TrainableConfig::Mode::kLora;
+  setup.config.trainable.explicit_ = true;
+  setup.config.lora.rank = 4;
+  setup.config.lora.alpha = 8;
+  setup.config.lora.targets = {"q_proj", "v_proj", "down_proj"};
+  setup.config.checkpoint.interval = 3;
+  setup.config.output_dir = dir.Join("straight");
+  std::vector<double> losses;
+  TrainOptions options;
+  options.on_step = [&](const TrainProgress& p) { losses.push_back(p.loss); };
+  auto straight = RunTraining(setup.config, options);
+  ASSERT_TRUE(straight.ok()) << straight.status();
+  EXPECT_LT(losses.back(), losses.front());
+
+  auto before = CheckpointReader::Open(model);
+  auto after = CheckpointReader::Open(straight->last_checkpoint);
+  auto masters = SafetensorsFile::Open(JoinPath(straight->last_checkpoint, kOptimizerStateFile));
+  ASSERT_TRUE(before.ok() && after.ok() && masters.ok());
+  auto master = [&](const std::string& name) {
+    for (const TensorInfo& t : (*masters)->tensors()) {
+      if (t.name == "master." + name) {
+        const auto* data = reinterpret_cast<const float*>((*masters)->Data(t));
+        return std::vector<float>(data, data + t.NumElements());
+      }
+    }
+    ADD_FAILURE() << "no master value of " << name;
+    return std::vector<float>();
+  };
+  int merged = 0;
+  for (const std::string& name : (*before)->names()) {
+    std::vector<float> base, saved;
+    ASSERT_TRUE((*before)->ReadF32(name, &base).ok());
+    ASSERT_TRUE((*after)->ReadF32(name, &saved).ok());
+    const bool adapted = absl::EndsWith(name, "q_proj.weight") ||
+                         absl::EndsWith(name, "v_proj.weight") ||
+                         absl::EndsWith(name, "down_proj.weight");
+    if (!adapted) {
+      EXPECT_EQ(base, saved) << name << " is frozen";
+      continue;
+    }
+    // saved = W + (alpha / rank) B A, from the adapters' exact values.
+    const std::string prefix = name.substr(0, name.size() - std::string(".weight").size());
+    const std::vector<float> a = master(prefix + ".lora_A.weight");
+    const std::vector<float> b = master(prefix + ".lora_B.weight");
+    const int64_t in = static_cast<int64_t>(a.size()) / 4, out = static_cast<int64_t>(b.size()) / 4;
+    ASSERT_EQ(static_cast<int64_t>(base.size()), in * out) << name;
+    double err = 0, delta = 0;
+    for (int64_t o = 0; o < out; ++o) {
+      for (int64_t i = 0; i < in; ++i) {
+        double sum = 0;
+        for (int64_t r = 0; r < 4; ++r) sum += static_cast<double>(b[o * 4 + r]) * a[r * in + i];
+        const double want = base[o * in + i] + 2.0 * sum;
+        err = std::max(err, std::abs(want - saved[o * in + i]));
+        delta = std::max(delta, std::abs(2.0 * sum));
+      }
+    }
+    EXPECT_LT(err, 1e-6) << name;
+    // The new blocks' o_proj is zero and frozen, so no gradient reaches their
+    // q and v: those adapters stay at B = 0. Every other one moved.
+    const auto layer = ParseLayerTensorName(name)->first;
+    if ((layer == 2 || layer == 5) && !absl::EndsWith(name, "down_proj.weight")) {
+      EXPECT_EQ(delta, 0) << name;
+    } else {
+      EXPECT_GT(delta, 1e-5) << name << ": the adapter never moved";
+    }
+    ++merged;
+  }
+  EXPECT_EQ(merged, 3 * 6);  // 3 targets in each of the 6 blocks.
+
+  // Stopped after 3 steps and resumed: the same bytes.
+  setup.config.output_dir = dir.Join("resumed");
+  ASSERT_TRUE(RunTraining(setup.config, {.stop_after_steps = 3}).ok());
+  auto resumed = RunTraining(setup.config, {.resume = true});
+  ASSERT_TRUE(resumed.ok()) << resumed.status();
+  auto x = DirectoryBytes(straight->last_checkpoint);
+  auto y = DirectoryBytes(resumed->last_checkpoint);
+  ASSERT_EQ(x.size(), y.size());
+  for (const auto& [name, bytes] : x) EXPECT_TRUE(y[name] == bytes) << name << " differs";
+
+  // export: adapter keeps the base weights and writes a PEFT adapter.
+  setup.config.lora.merge = false;
+  setup.config.output_dir = dir.Join("adapter");
+  auto adapter = RunTraining(setup.config, {});
+  ASSERT_TRUE(adapter.ok()) << adapter.status();
+  auto kept = CheckpointReader::Open(adapter->last_checkpoint);
+  ASSERT_TRUE(kept.ok());
+  for (const std::string& name : (*before)->names()) {
+    std::vector<float> base, saved;
+    ASSERT_TRUE((*before)->ReadF32(name, &base).ok() && (*kept)->ReadF32(name, &saved).ok());
+    EXPECT_EQ(base, saved) << name;
+  }
+  auto peft =
+      SafetensorsFile::Open(JoinPath(adapter->last_checkpoint, "adapter_model.safetensors"));
+  ASSERT_TRUE(peft.ok()) << peft.status();
+  EXPECT_EQ((*peft)->tensors().size(), 2u * 3 * 6);
+  EXPECT_TRUE((*peft)->Find("base_model.model.model.layers.5.mlp.down_proj.lora_B.weight"));
+  auto config = ReadFile(JoinPath(adapter->last_checkpoint, "adapter_config.json"));
+  ASSERT_TRUE(config.ok());
+  EXPECT_THAT(*config, HasSubstr("\"peft_type\": \"LORA\""));
+  EXPECT_THAT(*config, HasSubstr("\"r\": 4"));
 }
 
 TEST(TrainerTest, ConfigErrorsAgainstTheModelNameTheKey) {

@@ -1,0 +1,158 @@
+// LoRA in the training engine: adapters that start as the identity, the
+// same logits merged and unmerged, gradients that match finite differences.
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model/llama_params.h"
+#include "model/llama_train.h"
+#include "tests/testing/test_util.h"
+
+namespace llamapro {
+namespace {
+
+using ::testing::HasSubstr;
+using testing::ScratchDir;
+
+LlamaParams Load(const std::string& dir) {
+  auto config = LoadLlamaConfig(dir);
+  EXPECT_TRUE(config.ok()) << config.status();
+  auto reader = CheckpointReader::Open(dir);
+  EXPECT_TRUE(reader.ok()) << reader.status();
+  auto params = LoadLlamaParams(**reader, *config);
+  EXPECT_TRUE(params.ok()) << params.status();
+  return std::move(*params);
+}
+
+std::vector<int32_t> RandomTokens(int64_t count, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(vocab - 1));
+  std::vector<int32_t> out(count);
+  for (int32_t& t : out) t = token(rng);
+  return out;
+}
+
+LoraSpec AllTargets(const LlamaParams& params, int64_t rank) {
+  return {.rank = rank,
+          .alpha = 2.0 * static_cast<double>(rank),
+          .targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
+          .blocks = std::vector<bool>(params.blocks.size(), true),
+          .seed = 5};
+}
+
+// B of every adapter random (as after training), so LoRA changes the model.
+void RandomizeB(LlamaParams* params, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> dist(0.0f, 0.05f);
+  for (BlockParams& b : params->blocks) {
+    for (LoraAdapter& l : b.lora) {
+      for (float& v : l.b.value) v = dist(rng);
+    }
+  }
+}
+
+std::vector<float> Logits(LlamaParams* params, const std::vector<int32_t>& tokens) {
+  TrainingPass pass(params, 2, 6, /*for_training=*/false);
+  auto logits = pass.Logits(tokens);
+  EXPECT_TRUE(logits.ok()) << logits.status();
+  return *logits;
+}
+
+double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    err = std::max(err, std::abs(static_cast<double>(got[i]) - want[i]));
+    norm = std::max(norm, std::abs(static_cast<double>(want[i])));
+  }
+  return err / norm;
+}
+
+TEST(LoraTest, AdaptersStartAsTheIdentityAndTrainAlone) {
+  ScratchDir dir;
+  testing::WriteCheckpoint(testing::SmallSpec(2, 4, 2, false, true, DType::kF32, 3), dir.Join("m"));
+  LlamaParams base = Load(dir.Join("m"));
+  LlamaParams params = Load(dir.Join("m"));
+  const std::vector<int32_t> tokens = RandomTokens(2 * 7, params.config.vocab_size, 1);
+  ASSERT_TRUE(AddLoraAdapters(AllTargets(params, 4), &params).ok());
+  EXPECT_EQ(Logits(&params, tokens), Logits(&base, tokens));  // B = 0: bit for bit.
+  // Only the adapters train: 2 blocks x 7 targets x (A, B).
+  const std::vector<Parameter*> trainable = params.Trainable();
+  EXPECT_EQ(trainable.size(), 28u);
+  for (const Parameter* p : trainable) {
+    EXPECT_TRUE(p->name.find(".lora_A.weight") != std::string::npos ||
+                p->name.find(".lora_B.weight") != std::string::npos)
+        << p->name;
+  }
+  EXPECT_EQ(params.blocks[1].lora[4].a.name, "model.layers.1.mlp.gate_proj.lora_A.weight");
+  EXPECT_EQ(params.blocks[1].lora[4].a.shape, (std::vector<int64_t>{4, params.config.hidden_size}));
+  EXPECT_EQ(params.blocks[1].lora[4].b.shape,
+            (std::vector<int64_t>{params.config.intermediate_size, 4}));
+  LoraSpec bad = AllTargets(params, 4);
+  bad.targets = {"lm_head"};
+  EXPECT_THAT(AddLoraAdapters(bad, &params).message(), HasSubstr("unknown LoRA target 'lm_head'"));
+  bad = AllTargets(params, 0);
+  EXPECT_THAT(AddLoraAdapters(bad, &params).message(), HasSubstr("rank must be >= 1"));
+}
+
+TEST(LoraTest, MergedEqualsUnmergedLogits) {
+  ScratchDir dir;
+  testing::WriteCheckpoint(testing::SmallSpec(3, 4, 2, false, true, DType::kF32, 4), dir.Join("m"));
+  LlamaParams base = Load(dir.Join("m"));
+  const std::vector<int32_t> tokens = RandomTokens(2 * 7, base.config.vocab_size, 2);
+  for (int64_t rank : {1, 4, 8}) {
+    LlamaParams params = Load(dir.Join("m"));
+    ASSERT_TRUE(AddLoraAdapters(AllTargets(params, rank), &params).ok());
+    RandomizeB(&params, 10 + rank);
+    const std::vector<float> unmerged = Logits(&params, tokens);
+    // The adapters matter: the logits moved away from the base model's.
+    EXPECT_GT(RelativeError(unmerged, Logits(&base, tokens)), 1e-3) << "rank " << rank;
+    MergeLoraAdapters(&params);
+    EXPECT_TRUE(params.Trainable().empty());
+    EXPECT_LE(RelativeError(Logits(&params, tokens), unmerged), 1e-5) << "rank " << rank;
+  }
+}
+
+TEST(LoraTest, GradientsMatchFiniteDifferencesOfTheLoss) {
+  ScratchDir dir;
+  testing::WriteCheckpoint(testing::SmallSpec(2, 2, 1, true, true, DType::kF32, 7), dir.Join("m"));
+  LlamaParams params = Load(dir.Join("m"));
+  ASSERT_TRUE(AddLoraAdapters(AllTargets(params, 3), &params).ok());
+  RandomizeB(&params, 3);
+  const std::vector<int32_t> tokens = RandomTokens(2 * 7, params.config.vocab_size, 3);
+  std::vector<uint8_t> mask(tokens.size(), 1);
+  mask[4] = 0;
+  TrainingPass pass(&params, 2, 6);
+  TrainingPass eval(&params, 2, 6, /*for_training=*/false);
+  ASSERT_TRUE(pass.ForwardBackward(tokens, mask, 1.0f).ok());
+  int checked = 0;
+  for (Parameter* p : params.Trainable()) {
+    std::vector<size_t> order(p->grad.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    std::partial_sort(
+        order.begin(), order.begin() + std::min<size_t>(2, order.size()), order.end(),
+        [&](size_t x, size_t y) { return std::abs(p->grad[x]) > std::abs(p->grad[y]); });
+    for (size_t j = 0; j < std::min<size_t>(2, order.size()); ++j) {
+      const size_t i = order[j];
+      const float saved = p->value[i];
+      const float eps = 1e-2f * std::max(1.0f, std::abs(saved));
+      p->value[i] = saved + eps;
+      const double up = eval.Evaluate(tokens, mask)->loss;
+      p->value[i] = saved - eps;
+      const double down = eval.Evaluate(tokens, mask)->loss;
+      p->value[i] = saved;
+      const double numeric = (up - down) / (2.0 * eps);
+      EXPECT_NEAR(p->grad[i], numeric, 2e-3 + 3e-2 * std::abs(numeric))
+          << p->name << "[" << i << "]";
+      EXPECT_GT(std::abs(numeric), 1e-6) << p->name << ": a check that proves nothing";
+      ++checked;
+    }
+  }
+  EXPECT_EQ(checked, 2 * 7 * 2 * 2);
+}
+
+}  // namespace
+}  // namespace llamapro
