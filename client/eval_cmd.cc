@@ -28,6 +28,9 @@ namespace {
 struct PplFlags {
   std::string model, store;
   std::vector<std::string> corpora;
+  std::vector<std::string> files;
+  std::string format = "auto", text_field = "text";
+  bool split_lines = false;
   int64_t seq_len = 2048, windows = 0, batch = 4;
   int threads = 0;
   bool json = false;
@@ -40,14 +43,37 @@ void RunPpl(const PplFlags& flags) {
   ThrowIfError(reader.status());
   auto params = LoadLlamaParams(**reader, *config);
   ThrowIfError(params.status());
-  auto store = TokenStore::Open(flags.store, TokenStore::Mode::kReadOnly);
-  ThrowIfError(store.status());
-  StoreDataSource data(store->get());
+  if (flags.corpora.empty() == flags.files.empty()) {
+    throw CommandError("give --corpus (with --store) or --file, not both and not neither");
+  }
+  if (!flags.corpora.empty() && flags.store.empty()) {
+    throw CommandError("--corpus needs --store (the token store holding the corpora)");
+  }
+  const PerplexityOptions options{.seq_len = flags.seq_len,
+                                  .max_windows = flags.windows,
+                                  .batch = flags.batch,
+                                  .threads = flags.threads};
+  std::unique_ptr<TokenStore> store;
+  std::unique_ptr<StoreDataSource> data;
+  std::unique_ptr<Tokenizer> tokenizer;
+  InputOptions input;
+  if (!flags.corpora.empty()) {
+    auto opened = TokenStore::Open(flags.store, TokenStore::Mode::kReadOnly);
+    ThrowIfError(opened.status());
+    store = *std::move(opened);
+    data = std::make_unique<StoreDataSource>(store.get());
+  } else {
+    auto loaded = Tokenizer::Load(flags.model);
+    ThrowIfError(loaded.status());
+    tokenizer = *std::move(loaded);
+    auto format = ParseInputFormat(flags.format);
+    ThrowIfError(format.status());
+    input = {.format = *format, .text_field = flags.text_field, .split_lines = flags.split_lines};
+  }
   nlohmann::ordered_json out = nlohmann::ordered_json::array();
-  for (const std::string& corpus : flags.corpora) {
-    auto result = HeldOutPerplexity(
-        &*params, data, corpus,
-        {.seq_len = flags.seq_len, .max_windows = flags.windows, .batch = flags.batch});
+  for (const std::string& corpus : flags.corpora.empty() ? flags.files : flags.corpora) {
+    auto result = data != nullptr ? HeldOutPerplexity(&*params, *data, corpus, options)
+                                  : FilePerplexity(&*params, *tokenizer, corpus, input, options);
     ThrowIfError(result.status());
     if (flags.json) {
       out.push_back({{"corpus", corpus},
@@ -343,12 +369,23 @@ void AddEvalCommand(CLI::App& app) {
   eval->require_subcommand(1);
   auto flags = std::make_shared<PplFlags>();
   CLI::App* ppl = eval->add_subcommand(
-      "ppl", "Perplexity on the held-out split of token-store corpora (forgetting monitor).");
+      "ppl",
+      "Perplexity on the held-out split of token-store corpora (forgetting monitor), or on text "
+      "/ JSON-lines files.");
   ppl->add_option("--model", flags->model, "Checkpoint directory")->required();
-  ppl->add_option("--store", flags->store, "Token store directory")->required();
+  ppl->add_option("--store", flags->store, "Token store directory (with --corpus)");
   ppl->add_option("--corpus", flags->corpora, "Corpus names (repeat, or several after one flag)")
-      ->required()
       ->expected(1, -1);
+  ppl->add_option("--file", flags->files,
+                  "Text or JSON-lines files instead (.gz/.zst too), tokenized with the model's "
+                  "tokenizer")
+      ->expected(1, -1);
+  ppl->add_option("--format", flags->format, "--file format: auto, txt or jsonl")
+      ->capture_default_str();
+  ppl->add_option("--text-field", flags->text_field, "JSON-lines field holding a document")
+      ->capture_default_str();
+  ppl->add_flag("--split-lines", flags->split_lines,
+                "Text files: one document per non-empty line (default: the whole file)");
   ppl->add_option("--seq-len", flags->seq_len, "Window length (a window has seq_len+1 tokens)")
       ->capture_default_str();
   ppl->add_option("--windows", flags->windows, "At most this many windows per corpus (0: all)")

@@ -8,6 +8,8 @@
 
 #include "absl/status/statusor.h"
 #include "data/data_source.h"
+#include "data/readers.h"
+#include "data/tokenizer.h"
 #include "model/llama_params.h"
 
 namespace llamapro {
@@ -34,6 +36,16 @@ struct PerplexityOptions {
 absl::StatusOr<PerplexityResult> HeldOutPerplexity(LlamaParams* params, DataSource& data,
                                                    const std::string& corpus,
                                                    const PerplexityOptions& options);
+
+// Perplexity on the documents of a text or JSON-lines file (optionally .gz or
+// .zst; InputOptions as for ingestion), tokenized with `tokenizer` (each
+// document with BOS/EOS as the tokenizer's document convention), joined into
+// one stream and cut into consecutive windows of seq_len + 1 tokens; a
+// shorter tail is scored as a last, shorter window. FailedPrecondition for a
+// file without two tokens to score.
+absl::StatusOr<PerplexityResult> FilePerplexity(LlamaParams* params, const Tokenizer& tokenizer,
+                                                const std::string& path, const InputOptions& input,
+                                                const PerplexityOptions& options);
 
 }  // namespace llamapro
 

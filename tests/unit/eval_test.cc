@@ -10,12 +10,14 @@
 #include "eval/choice.h"
 #include "eval/code.h"
 #include "eval/generate.h"
+#include "eval/ppl.h"
 #include "eval/scoring.h"
 #include "eval/shift.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "model/checkpoint.h"
 #include "model/llama.h"
+#include "model/llama_params.h"
 #include "tests/testing/data_util.h"
 #include "tests/testing/test_util.h"
 
@@ -339,6 +341,52 @@ TEST(CodeTest, PassAtOneRunsEachCompletionAgainstItsTestsInTheSandbox) {
   options.samples = 2;
   EXPECT_THAT(EvaluateCode(model, *tasks, options).status().message(),
               HasSubstr("temperature > 0"));
+}
+
+// Perplexity of a file: every document tokenized (BOS first), one stream,
+// windows of seq_len + 1 and a shorter tail; checked against log-softmax
+// sums over the streaming forward pass.
+TEST(PerplexityTest, FilePerplexityScoresEveryTokenOfTheStream) {
+  testing::ScratchDir dir;
+  const InferenceModel model = TinyModel(dir, "m", 15);
+  const std::vector<std::string> docs = testing::RandomDocuments(6, 5, 20, 4);
+  testing::WriteJsonl(dir.Join("docs.jsonl"), docs);
+  std::vector<int32_t> stream, ids;
+  for (const std::string& d : docs) {
+    ASSERT_TRUE(model.tokenizer->EncodeDocument(d, &ids).ok());
+    stream.insert(stream.end(), ids.begin(), ids.end());
+  }
+  const int64_t seq_len = 16, width = seq_len + 1;
+  ASSERT_GT(stream.size() % width, 1u) << "pick documents that leave a tail";
+  auto reader = CheckpointReader::Open(model.dir);
+  ASSERT_TRUE(reader.ok());
+  double nll = 0;
+  int64_t targets = 0;
+  for (size_t start = 0; start + 1 < stream.size(); start += width) {
+    const auto n = static_cast<int64_t>(std::min<size_t>(width, stream.size() - start)) - 1;
+    auto logits = StreamingLogits(**reader, model.config,
+                                  std::span<const int32_t>(stream).subspan(start, n), 1, n);
+    ASSERT_TRUE(logits.ok());
+    for (int64_t t = 0; t < n; ++t) {
+      nll -= LogProbability(std::span<const float>(*logits).subspan(t * model.config.vocab_size,
+                                                                    model.config.vocab_size),
+                            stream[start + t + 1]);
+      ++targets;
+    }
+  }
+  auto params = LoadLlamaParams(**reader, model.config);
+  ASSERT_TRUE(params.ok());
+  auto result = FilePerplexity(&*params, *model.tokenizer, dir.Join("docs.jsonl"), {},
+                               {.seq_len = seq_len, .batch = 2});
+  ASSERT_TRUE(result.ok()) << result.status();
+  EXPECT_EQ(result->targets, targets);
+  EXPECT_EQ(result->windows, static_cast<int64_t>((stream.size() + width - 2) / width));
+  EXPECT_NEAR(result->nll, nll / targets, 1e-5);
+  EXPECT_NEAR(result->perplexity, std::exp(nll / targets), 1e-3);
+  testing::WriteBytes(dir.Join("empty.txt"), "");
+  EXPECT_THAT(
+      FilePerplexity(&*params, *model.tokenizer, dir.Join("empty.txt"), {}, {}).status().message(),
+      HasSubstr("nothing to score"));
 }
 
 }  // namespace
