@@ -18,13 +18,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-import time
 import urllib.request
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from python_client_test import Cluster, run  # noqa: E402
+from python_client_test import run, run_with_cluster  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -166,21 +164,7 @@ def main():
     if len(sys.argv) != 4:
         print(__doc__, file=sys.stderr)
         return 2
-    coordinator, worker, llamaproctl = sys.argv[1:]
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="llamapro-eval-jobs-") as tmp:
-        cluster = Cluster(coordinator, worker, llamaproctl, tmp)
-        try:
-            cluster.start()
-            checks(cluster)
-        except BaseException:
-            for name in list(cluster.procs):
-                print(f"--- {name} log ---\n{cluster.log_tail(name)}", file=sys.stderr)
-            raise
-        finally:
-            cluster.stop()
-    print(f"eval_jobs_test: passed in {time.monotonic() - started:.1f} s")
-    return 0
+    return run_with_cluster(sys.argv[1:], "llamapro-eval-jobs-", lambda cluster, tmp: checks(cluster))
 
 
 if __name__ == "__main__":

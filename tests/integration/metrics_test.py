@@ -20,13 +20,12 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from python_client_test import SKIP, Cluster, run  # noqa: E402
+from python_client_test import SKIP, run, run_with_cluster  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 VOCAB = 512
@@ -235,21 +234,8 @@ def main():
               "(scripts/setup.sh)")
         return SKIP
     coordinator, worker, llamaproctl = sys.argv[1:]
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="llamapro-metrics-") as tmp:
-        cluster = Cluster(coordinator, worker, llamaproctl, tmp)
-        ok = False
-        try:
-            cluster.start()
-            metrics_checks(cluster)
-            cluster.check_alive()
-            ok = True
-        finally:
-            if not ok:
-                cluster.dump_logs()
-            cluster.stop()
-    print(f"PASS ({time.monotonic() - started:.1f} s)")
-    return 0
+    return run_with_cluster((coordinator, worker, llamaproctl), "llamapro-metrics-",
+                            lambda cluster, tmp: metrics_checks(cluster))
 
 
 if __name__ == "__main__":

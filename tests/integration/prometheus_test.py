@@ -31,14 +31,13 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.parse
 import urllib.request
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from python_client_test import SKIP, Cluster, _die_with_parent, run  # noqa: E402
+from python_client_test import SKIP, _die_with_parent, run, run_with_cluster  # noqa: E402
 
 import yaml  # noqa: E402  (Debian's python3-yaml)
 
@@ -350,21 +349,7 @@ def main():
         print("skipping: prometheus not on PATH; install the Debian package prometheus "
               "(scripts/setup.sh)")
         return SKIP
-    coordinator, worker, llamaproctl = sys.argv[1:]
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="llamapro-prometheus-") as tmp:
-        cluster = Cluster(coordinator, worker, llamaproctl, tmp)
-        try:
-            cluster.start()
-            checks(cluster, tmp)
-        except BaseException:
-            for name in list(cluster.procs):
-                print(f"--- {name} log ---\n{cluster.log_tail(name)}", file=sys.stderr)
-            raise
-        finally:
-            cluster.stop()
-    print(f"prometheus_test: passed in {time.monotonic() - started:.1f} s")
-    return 0
+    return run_with_cluster(sys.argv[1:], "llamapro-prometheus-", checks)
 
 
 if __name__ == "__main__":

@@ -145,6 +145,27 @@ class Cluster:
             print(f"--- {name} log (last lines) ---\n{self.log_tail(name)}", file=sys.stderr)
 
 
+def run_with_cluster(binaries, prefix, checks):
+    """Starts a Cluster of `binaries` (coordinator, worker, llamaproctl) in a
+    temporary directory, runs checks(cluster, tmp), and stops it, dumping the
+    daemons' logs when something failed. Returns 0 after printing PASS."""
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        cluster = Cluster(*binaries, tmp)
+        ok = False
+        try:
+            cluster.start()
+            checks(cluster, tmp)
+            cluster.check_alive()
+            ok = True
+        finally:
+            if not ok:
+                cluster.dump_logs()
+            cluster.stop()
+    print(f"PASS ({time.monotonic() - started:.1f} s)")
+    return 0
+
+
 def run(argv, **kwargs):
     proc = subprocess.run(argv, capture_output=True, text=True, **kwargs)
     if proc.returncode != 0:

@@ -2,13 +2,17 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
 #include "base/check.h"
 #include "gtest/gtest.h"
+#include "model/checkpoint.h"
+#include "model/llama_train.h"
 
 namespace llamapro::testing {
 namespace fs = std::filesystem;
@@ -87,6 +91,50 @@ std::string ReadBytes(const std::string& path) {
   std::stringstream ss;
   ss << in.rdbuf();
   return ss.str();
+}
+
+LlamaParams LoadParams(const std::string& dir) {
+  auto config = LoadLlamaConfig(dir);
+  EXPECT_TRUE(config.ok()) << config.status();
+  auto reader = CheckpointReader::Open(dir);
+  EXPECT_TRUE(reader.ok()) << reader.status();
+  if (!config.ok() || !reader.ok()) return LlamaParams();
+  auto params = LoadLlamaParams(**reader, *config);
+  EXPECT_TRUE(params.ok()) << params.status();
+  return params.ok() ? std::move(*params) : LlamaParams();
+}
+
+int ExpectGradientsMatchFiniteDifferences(LlamaParams* params, const std::vector<int32_t>& tokens,
+                                          const std::vector<uint8_t>& mask, int64_t batch,
+                                          int64_t seq_len, int per_tensor) {
+  TrainingPass pass(params, batch, seq_len);
+  TrainingPass eval(params, batch, seq_len, /*for_training=*/false);
+  const absl::StatusOr<LossSum> ran = pass.ForwardBackward(tokens, mask, 1.0f);
+  EXPECT_TRUE(ran.ok()) << ran.status();
+  int checked = 0;
+  for (Parameter* p : params->Trainable()) {
+    std::vector<size_t> order(p->grad.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+    const size_t k = std::min<size_t>(per_tensor, order.size());
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](size_t x, size_t y) {
+      return std::abs(p->grad[x]) > std::abs(p->grad[y]);
+    });
+    for (size_t j = 0; j < k; ++j) {
+      const size_t i = order[j];
+      const float saved = p->value[i];
+      const float eps = 1e-2f * std::max(1.0f, std::abs(saved));
+      p->value[i] = saved + eps;
+      const double up = eval.Evaluate(tokens, mask)->loss;
+      p->value[i] = saved - eps;
+      const double down = eval.Evaluate(tokens, mask)->loss;
+      p->value[i] = saved;
+      const double numeric = (up - down) / (2.0 * eps);
+      EXPECT_NEAR(p->grad[i], numeric, 2e-3 + 3e-2 * std::abs(numeric))
+          << p->name << "[" << i << "]";
+      ++checked;
+    }
+  }
+  return checked;
 }
 
 }  // namespace llamapro::testing

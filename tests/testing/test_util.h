@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "model/llama_params.h"
 #include "model/synth.h"
 
 namespace llamapro::testing {
@@ -39,6 +40,19 @@ SynthSpec SmallSpec(int64_t layers, int64_t heads, int64_t kv_heads, bool tied, 
 // Bytes of a safetensors file with the given JSON header and data section,
 // exactly as given (no validation, for malformed-input tests).
 std::string RawSafetensors(const std::string& header_json, const std::string& data);
+
+// The parameters of a checkpoint directory (a test failure, and empty
+// parameters, when it cannot be loaded).
+LlamaParams LoadParams(const std::string& dir);
+
+// Runs one ForwardBackward (grad_scale 1) over `tokens` / `mask` (batch x
+// seq_len + 1) and compares, for the `per_tensor` largest gradient entries of
+// every trainable tensor, the gradient with the central difference of the
+// loss (step 1e-2 relative; tolerance 2e-3 + 3e-2 |numeric|), as a test
+// failure naming the tensor and index. Returns the number of entries checked.
+int ExpectGradientsMatchFiniteDifferences(LlamaParams* params, const std::vector<int32_t>& tokens,
+                                          const std::vector<uint8_t>& mask, int64_t batch,
+                                          int64_t seq_len, int per_tensor);
 
 void WriteBytes(const std::string& path, const std::string& bytes);
 std::string ReadBytes(const std::string& path);

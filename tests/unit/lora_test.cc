@@ -18,15 +18,7 @@ namespace {
 using ::testing::HasSubstr;
 using testing::ScratchDir;
 
-LlamaParams Load(const std::string& dir) {
-  auto config = LoadLlamaConfig(dir);
-  EXPECT_TRUE(config.ok()) << config.status();
-  auto reader = CheckpointReader::Open(dir);
-  EXPECT_TRUE(reader.ok()) << reader.status();
-  auto params = LoadLlamaParams(**reader, *config);
-  EXPECT_TRUE(params.ok()) << params.status();
-  return std::move(*params);
-}
+LlamaParams Load(const std::string& dir) { return testing::LoadParams(dir); }
 
 std::vector<int32_t> RandomTokens(int64_t count, int64_t vocab, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -125,32 +117,20 @@ TEST(LoraTest, GradientsMatchFiniteDifferencesOfTheLoss) {
   const std::vector<int32_t> tokens = RandomTokens(2 * 7, params.config.vocab_size, 3);
   std::vector<uint8_t> mask(tokens.size(), 1);
   mask[4] = 0;
-  TrainingPass pass(&params, 2, 6);
-  TrainingPass eval(&params, 2, 6, /*for_training=*/false);
-  ASSERT_TRUE(pass.ForwardBackward(tokens, mask, 1.0f).ok());
-  int checked = 0;
-  for (Parameter* p : params.Trainable()) {
-    std::vector<size_t> order(p->grad.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::partial_sort(
-        order.begin(), order.begin() + std::min<size_t>(2, order.size()), order.end(),
-        [&](size_t x, size_t y) { return std::abs(p->grad[x]) > std::abs(p->grad[y]); });
-    for (size_t j = 0; j < std::min<size_t>(2, order.size()); ++j) {
-      const size_t i = order[j];
-      const float saved = p->value[i];
-      const float eps = 1e-2f * std::max(1.0f, std::abs(saved));
-      p->value[i] = saved + eps;
-      const double up = eval.Evaluate(tokens, mask)->loss;
-      p->value[i] = saved - eps;
-      const double down = eval.Evaluate(tokens, mask)->loss;
-      p->value[i] = saved;
-      const double numeric = (up - down) / (2.0 * eps);
-      EXPECT_NEAR(p->grad[i], numeric, 2e-3 + 3e-2 * std::abs(numeric))
-          << p->name << "[" << i << "]";
-      EXPECT_GT(std::abs(numeric), 1e-6) << p->name << ": a check that proves nothing";
-      ++checked;
+  // Every adapter's gradient is nonzero here (B random), so each check tests
+  // something.
+  {
+    TrainingPass pass(&params, 2, 6);
+    ASSERT_TRUE(pass.ForwardBackward(tokens, mask, 1.0f).ok());
+    for (Parameter* p : params.Trainable()) {
+      double largest = 0;
+      for (float g : p->grad) largest = std::max(largest, static_cast<double>(std::abs(g)));
+      EXPECT_GT(largest, 1e-6) << p->name;
+      std::fill(p->grad.begin(), p->grad.end(), 0.0f);
     }
   }
+  const int checked =
+      testing::ExpectGradientsMatchFiniteDifferences(&params, tokens, mask, 2, 6, 2);
   EXPECT_EQ(checked, 2 * 7 * 2 * 2);
 }
 

@@ -33,15 +33,7 @@ namespace {
 using ::testing::HasSubstr;
 using testing::ScratchDir;
 
-LlamaParams Load(const std::string& dir) {
-  auto config = LoadLlamaConfig(dir);
-  EXPECT_TRUE(config.ok()) << config.status();
-  auto reader = CheckpointReader::Open(dir);
-  EXPECT_TRUE(reader.ok()) << reader.status();
-  auto params = LoadLlamaParams(**reader, *config);
-  EXPECT_TRUE(params.ok()) << params.status();
-  return std::move(*params);
-}
+LlamaParams Load(const std::string& dir) { return testing::LoadParams(dir); }
 
 TrainableSet AllTrainable(const LlamaParams& p) {
   return {.blocks = std::vector<bool>(p.blocks.size(), true),
@@ -145,32 +137,8 @@ TEST(TrainingPassTest, GradientsMatchFiniteDifferencesOfTheLoss) {
   std::vector<int32_t> tokens = RandomTokens(2 * 7, 97, 3);
   std::vector<uint8_t> mask(tokens.size(), 1);
   mask[3] = 0;  // A masked target: excluded from the loss and its gradient.
-  TrainingPass pass(&params, 2, 6);
-  TrainingPass eval(&params, 2, 6, /*for_training=*/false);
-  ASSERT_TRUE(pass.ForwardBackward(tokens, mask, 1.0f).ok());
-  int checked = 0;
-  for (Parameter* p : params.All()) {
-    // The three largest gradient entries of each tensor.
-    std::vector<size_t> order(p->grad.size());
-    for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::partial_sort(
-        order.begin(), order.begin() + std::min<size_t>(3, order.size()), order.end(),
-        [&](size_t x, size_t y) { return std::abs(p->grad[x]) > std::abs(p->grad[y]); });
-    for (size_t j = 0; j < std::min<size_t>(3, order.size()); ++j) {
-      const size_t i = order[j];
-      const float saved = p->value[i];
-      const float eps = 1e-2f * std::max(1.0f, std::abs(saved));
-      p->value[i] = saved + eps;
-      const double up = eval.Evaluate(tokens, mask)->loss;
-      p->value[i] = saved - eps;
-      const double down = eval.Evaluate(tokens, mask)->loss;
-      p->value[i] = saved;
-      const double numeric = (up - down) / (2.0 * eps);
-      EXPECT_NEAR(p->grad[i], numeric, 2e-3 + 3e-2 * std::abs(numeric))
-          << p->name << "[" << i << "]";
-      ++checked;
-    }
-  }
+  const int checked =
+      testing::ExpectGradientsMatchFiniteDifferences(&params, tokens, mask, 2, 6, 3);
   EXPECT_GT(checked, 30);
 }
 
