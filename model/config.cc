@@ -180,6 +180,12 @@ absl::StatusOr<LlamaConfig> ParseLlamaConfig(absl::string_view text, absl::strin
   if (mistral) {
     LP_ASSIGN_OR_RETURN(config.sliding_window, field.PositiveIntOr("sliding_window", 0));
   }
+  LP_ASSIGN_OR_RETURN(config.moe_experts, field.PositiveIntOr("llamapro_moe_experts", 0));
+  if (config.moe_experts != 0 && config.moe_experts != 2) {
+    return field.Error(
+        "llamapro_moe_experts",
+        absl::StrCat("must be 2 (the MoE baseline's experts), got ", config.moe_experts));
+  }
 
   if (config.num_attention_heads % config.num_key_value_heads != 0) {
     return field.Error("num_key_value_heads", absl::StrCat("(", config.num_key_value_heads,
@@ -229,6 +235,7 @@ absl::StatusOr<LlamaConfig> LoadLlamaConfig(const std::string& dir) {
 std::string SerializeLlamaConfig(const LlamaConfig& config) {
   OrderedJson json = config.json;
   json["num_hidden_layers"] = config.num_hidden_layers;
+  if (config.moe_experts > 0) json["llamapro_moe_experts"] = config.moe_experts;
   if (config.torch_dtype) json["torch_dtype"] = std::string(TorchDTypeName(*config.torch_dtype));
   return json.dump(2) + "\n";
 }

@@ -49,6 +49,11 @@ struct LlamaConfig {
   bool attention_bias = false;
   bool mlp_bias = false;
   int64_t sliding_window = 0;  // 0: full causal attention.
+  // llamapro's MoE baseline (the paper's appendix H): with 2, every block's
+  // MLP is two experts mixed by learned weights (config.json key
+  // "llamapro_moe_experts"; tensors model.layers.N.mlp.experts.1.*_proj.weight
+  // and model.layers.N.mlp.expert_mix). Only the training engine runs it.
+  int64_t moe_experts = 0;
   std::optional<DType> torch_dtype;
   nlohmann::ordered_json json;  // The file as read.
 

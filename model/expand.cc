@@ -330,6 +330,10 @@ absl::StatusOr<ExpandResult> ExpandCheckpoint(const ExpandOptions& options) {
 
   // Validate everything before writing anything.
   LP_ASSIGN_OR_RETURN(LlamaConfig config, LoadLlamaConfig(in_dir));
+  if (config.moe_experts > 0) {
+    return absl::FailedPreconditionError(
+        absl::StrCat(in_dir, " is an MoE-baseline checkpoint: expansion copies plain blocks only"));
+  }
   LP_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(in_dir));
   LP_RETURN_IF_ERROR(ValidateCheckpoint(config, *reader));
   LP_ASSIGN_OR_RETURN(std::optional<ExpansionRecord> previous,

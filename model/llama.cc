@@ -88,8 +88,22 @@ const std::vector<float>& LlamaForward::Logits(const HeadWeights& head) {
   return logits_;
 }
 
+namespace {
+
+// This forward pass has one MLP per block: refuse the MoE baseline's
+// checkpoints rather than ignore their second expert.
+absl::Status CheckNotMoe(const LlamaConfig& config, const CheckpointReader& reader) {
+  if (config.moe_experts == 0) return absl::OkStatus();
+  return absl::FailedPreconditionError(
+      absl::StrCat(reader.dir(), " is an MoE-baseline checkpoint (", config.moe_experts,
+                   " experts per MLP): only the training engine runs it (train, eval ppl)"));
+}
+
+}  // namespace
+
 absl::StatusOr<LlamaWeights> LoadLlamaWeights(const CheckpointReader& reader,
                                               const LlamaConfig& config) {
+  LP_RETURN_IF_ERROR(CheckNotMoe(config, reader));
   LP_RETURN_IF_ERROR(ValidateCheckpoint(config, reader));
   LlamaWeights weights;
   LP_ASSIGN_OR_RETURN(weights.head, LoadHeadWeights(reader, config));
@@ -115,6 +129,7 @@ absl::StatusOr<std::vector<float>> StreamingLogits(const CheckpointReader& reade
                                                    std::span<const int32_t> tokens, int64_t batch,
                                                    int64_t seq_len,
                                                    std::optional<DType> round_through) {
+  LP_RETURN_IF_ERROR(CheckNotMoe(config, reader));
   LP_RETURN_IF_ERROR(ValidateCheckpoint(config, reader));
   LP_ASSIGN_OR_RETURN(HeadWeights head, LoadHeadWeights(reader, config, round_through));
   LlamaForward pass(config, batch, seq_len);

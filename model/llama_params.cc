@@ -34,6 +34,9 @@ std::vector<Parameter*> BlockParams::All() {
         &post_norm, &gate_proj, &up_proj, &down_proj, &gate_bias, &up_bias, &down_bias}) {
     if (!p->value.empty()) out.push_back(p);
   }
+  for (Parameter* p : {&expert_gate, &expert_up, &expert_down, &expert_mix}) {
+    if (!p->value.empty()) out.push_back(p);
+  }
   for (LoraAdapter& adapter : lora) {
     if (adapter.present()) {
       out.push_back(&adapter.a);
@@ -130,8 +133,49 @@ absl::StatusOr<LlamaParams> LoadLlamaParams(const CheckpointReader& reader,
       const bool is_matrix = t.shape.size() == 2;
       LP_RETURN_IF_ERROR(Load(reader, t.name, t.shape, is_matrix, target));
     }
+    if (config.moe_experts > 0) {
+      const int64_t c = config.hidden_size, f = config.intermediate_size;
+      LP_RETURN_IF_ERROR(Load(reader, LayerTensorName(layer, "mlp.experts.1.gate_proj.weight"),
+                              {f, c}, true, &b.expert_gate));
+      LP_RETURN_IF_ERROR(Load(reader, LayerTensorName(layer, "mlp.experts.1.up_proj.weight"),
+                              {f, c}, true, &b.expert_up));
+      LP_RETURN_IF_ERROR(Load(reader, LayerTensorName(layer, "mlp.experts.1.down_proj.weight"),
+                              {c, f}, true, &b.expert_down));
+      LP_RETURN_IF_ERROR(
+          Load(reader, LayerTensorName(layer, "mlp.expert_mix"), {2}, false, &b.expert_mix));
+    }
   }
   return params;
+}
+
+absl::Status AddMoeExperts(LlamaParams* params) {
+  if (params->config.mlp_bias) {
+    return absl::InvalidArgumentError("the MoE baseline does not support mlp_bias models");
+  }
+  for (Parameter* p : params->All()) p->SetTrainable(false);
+  for (size_t layer = 0; layer < params->blocks.size(); ++layer) {
+    BlockParams& b = params->blocks[layer];
+    if (!b.moe()) {
+      const auto copy = [&](const Parameter& from, const char* suffix, Parameter* to) {
+        *to = from;
+        to->name = LayerTensorName(static_cast<int64_t>(layer), suffix);
+        to->grad.clear();
+      };
+      copy(b.gate_proj, "mlp.experts.1.gate_proj.weight", &b.expert_gate);
+      copy(b.up_proj, "mlp.experts.1.up_proj.weight", &b.expert_up);
+      copy(b.down_proj, "mlp.experts.1.down_proj.weight", &b.expert_down);
+      b.expert_mix.name = LayerTensorName(static_cast<int64_t>(layer), "mlp.expert_mix");
+      b.expert_mix.shape = {2};
+      b.expert_mix.source_dtype = DType::kF32;
+      b.expert_mix.value.assign(2, 0.0f);
+      b.expert_mix.decay = false;
+    }
+    for (Parameter* p : {&b.expert_gate, &b.expert_up, &b.expert_down, &b.expert_mix}) {
+      p->SetTrainable(true);
+    }
+  }
+  params->config.moe_experts = 2;
+  return absl::OkStatus();
 }
 
 absl::Status AddLoraAdapters(const LoraSpec& spec, LlamaParams* params) {

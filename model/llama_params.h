@@ -36,6 +36,11 @@ struct BlockParams {
   Parameter gate_proj, up_proj, down_proj;
   Parameter gate_bias, up_bias, down_bias;  // Empty without mlp_bias.
   LoraAdapter lora[kLoraTargets];           // Indexed like kLoraTargetNames; mostly absent.
+  // The MoE baseline (config.moe_experts == 2): a second expert MLP and the
+  // two mixing logits; the MLP computes softmax(mix)[0] E0(x) + softmax(mix)[1]
+  // E1(x). Empty otherwise.
+  Parameter expert_gate, expert_up, expert_down, expert_mix;
+  bool moe() const { return !expert_mix.value.empty(); }
 
   // The weight target `t` (0..6, kLoraTargetNames) adapts.
   Parameter& LoraBase(int t);
@@ -98,6 +103,14 @@ struct LoraSpec {
   uint64_t seed = 0;
 };
 absl::Status AddLoraAdapters(const LoraSpec& spec, LlamaParams* params);
+
+// The MoE baseline (the paper's appendix H): every block's MLP becomes two
+// experts, the second a copy of the first, mixed by softmax of two learned
+// logits that start equal, so the model computes exactly what it did. The
+// second experts and the mixing logits train; everything else is frozen. On
+// a model that already has experts (a checkpoint of such a run) only the
+// trainable flags are set.
+absl::Status AddMoeExperts(LlamaParams* params);
 
 // W + scale * B A of block `layer`'s target `t` (its adapter must be present).
 std::vector<float> MergedLoraWeight(const LlamaParams& params, int64_t layer, int t);

@@ -2,12 +2,14 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
 #include <mutex>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "base/check.h"
@@ -23,6 +25,14 @@ namespace {
 const float* ValueOf(const Parameter& p) { return p.value.empty() ? nullptr : p.value.data(); }
 
 void AddTo(float* y, const std::vector<float>& x, int64_t n) { cpu::AddInPlace(y, x.data(), n); }
+
+// The MoE baseline's mixing weights softmax(m) of a block's two experts.
+std::pair<float, float> MixWeights(const Parameter& mix) {
+  const double m0 = mix.value[0], m1 = mix.value[1];
+  const double top = std::max(m0, m1);
+  const double e0 = std::exp(m0 - top), e1 = std::exp(m1 - top);
+  return {static_cast<float>(e0 / (e0 + e1)), static_cast<float>(e1 / (e0 + e1))};
+}
 
 // LoRA forward of a linear layer y = x W^T: y[n, out] += scale * t B^T with
 // t = x A^T [n, rank] kept in *t for the backward. Nothing when absent.
@@ -247,6 +257,15 @@ void TrainingPass::ComputeFlops() {
     if (need_dxn1) backward += 2 * qkv;
     if (b.q_proj.trainable) backward += 2 * qkv;
   }
+  // MoE: the second expert's three GEMMs forward; its input and weight
+  // gradients backward.
+  for (int64_t i = 0; i < static_cast<int64_t>(params_->blocks.size()); ++i) {
+    if (!params_->blocks[i].moe()) continue;
+    flops_.forward += 6 * c * f;
+    if (for_training_ && i >= lowest_) {
+      backward += 6 * c * f + (params_->blocks[i].expert_down.trainable ? 6 * c * f : 0);
+    }
+  }
   // LoRA: t = x A^T and t B^T forward; dB, dt, dA and dx backward.
   for (int64_t i = 0; i < static_cast<int64_t>(params_->blocks.size()); ++i) {
     for (const LoraAdapter& l : params_->blocks[i].lora) {
@@ -331,6 +350,23 @@ void TrainingPass::BlockForward(int64_t layer, BlockActivations* saved, float* x
   LP_OP("gemm fwd", cpu::Linear(act_.data(), b.down_proj.value.data(), ValueOf(b.down_bias),
                                 dtmp_.data(), n, f, c));
   LP_OP("lora fwd", LoraForward(b.lora[6], s, act_.data(), dtmp_.data(), &a.lora_t[6], n, f, c));
+  if (b.moe()) {
+    // The second expert, and the mix softmax(m)[0] E0 + softmax(m)[1] E1.
+    a.gate1.resize(n * f);
+    a.up1.resize(n * f);
+    a.e0.assign(dtmp_.begin(), dtmp_.end());
+    a.e1.resize(n * c);
+    moe_act_.resize(n * f);
+    LP_OP("gemm fwd",
+          cpu::Linear(a.xn2.data(), b.expert_gate.value.data(), nullptr, a.gate1.data(), n, c, f));
+    LP_OP("gemm fwd",
+          cpu::Linear(a.xn2.data(), b.expert_up.value.data(), nullptr, a.up1.data(), n, c, f));
+    LP_OP("silu-mul fwd", cpu::SiluMul(a.gate1.data(), a.up1.data(), moe_act_.data(), n * f));
+    LP_OP("gemm fwd",
+          cpu::Linear(moe_act_.data(), b.expert_down.value.data(), nullptr, a.e1.data(), n, f, c));
+    const auto [w0, w1] = MixWeights(b.expert_mix);
+    for (int64_t i = 0; i < n * c; ++i) dtmp_[i] = w0 * a.e0[i] + w1 * a.e1[i];
+  }
   LP_OP("add", cpu::AddInPlace(x, dtmp_.data(), n * c));
 }
 
@@ -364,13 +400,51 @@ void TrainingPass::BlockBackward(int64_t layer, bool need_input_grad, float* dre
           LoraBackward(l, s, dy, x, a.lora_t[t], Grad(l.a), Grad(l.b), dx, &lora_dt_, n, in, out));
   };
 
-  // MLP branch: x_out = x_mid + down(silu(gate) * up).
+  // MLP branch: x_out = x_mid + down(silu(gate) * up) (with MoE: the mix of
+  // two such experts).
+  const float* mlp_dy = dres;  // Gradient w.r.t. expert 0's output.
+  if (b.moe()) {
+    const auto [w0, w1] = MixWeights(b.expert_mix);
+    double g0 = 0, g1 = 0;  // d loss / d w_k = <dres, E_k>
+    for (int64_t i = 0; i < n * c; ++i) {
+      g0 += static_cast<double>(dres[i]) * a.e0[i];
+      g1 += static_cast<double>(dres[i]) * a.e1[i];
+    }
+    if (float* dmix = Grad(b.expert_mix); dmix != nullptr) {
+      const double mean = w0 * g0 + w1 * g1;  // Softmax backward.
+      dmix[0] += static_cast<float>(w0 * (g0 - mean));
+      dmix[1] += static_cast<float>(w1 * (g1 - mean));
+    }
+    // Expert 1, from dy1 = w1 dres; its input gradient into moe_dxn_.
+    moe_dy_.resize(n * c);
+    moe_act_.resize(n * f);
+    moe_dact_.resize(n * f);
+    moe_dgate_.resize(n * f);
+    moe_dup_.resize(n * f);
+    moe_dxn_.resize(n * c);
+    for (int64_t i = 0; i < n * c; ++i) moe_dy_[i] = w1 * dres[i];
+    cpu::SiluMul(a.gate1.data(), a.up1.data(), moe_act_.data(), n * f);
+    LP_OP("gemm bwd",
+          cpu::LinearBackward(moe_dy_.data(), moe_act_.data(), b.expert_down.value.data(),
+                              moe_dact_.data(), Grad(b.expert_down), nullptr, n, f, c));
+    LP_OP("silu-mul bwd", cpu::SiluMulBackward(a.gate1.data(), a.up1.data(), moe_dact_.data(),
+                                               moe_dgate_.data(), moe_dup_.data(), n * f));
+    LP_OP("gemm bwd",
+          cpu::LinearBackward(moe_dgate_.data(), a.xn2.data(), b.expert_gate.value.data(),
+                              moe_dxn_.data(), Grad(b.expert_gate), nullptr, n, c, f));
+    LP_OP("gemm bwd", cpu::LinearBackward(moe_dup_.data(), a.xn2.data(), b.expert_up.value.data(),
+                                          dtmp_.data(), Grad(b.expert_up), nullptr, n, c, f));
+    LP_OP("add", AddTo(moe_dxn_.data(), dtmp_, n * c));
+    // Expert 0 from dy0 = w0 dres.
+    for (int64_t i = 0; i < n * c; ++i) moe_dy_[i] = w0 * dres[i];
+    mlp_dy = moe_dy_.data();
+  }
   if (b.down_proj.trainable || b.lora[6].present()) {
     cpu::SiluMul(a.gate.data(), a.up.data(), act_.data(), n * f);
   }
-  LP_OP("gemm bwd", cpu::LinearBackward(dres, act_.data(), b.down_proj.value.data(), dact_.data(),
+  LP_OP("gemm bwd", cpu::LinearBackward(mlp_dy, act_.data(), b.down_proj.value.data(), dact_.data(),
                                         Grad(b.down_proj), Grad(b.down_bias), n, f, c));
-  lora(6, dres, act_.data(), dact_.data(), f, c);
+  lora(6, mlp_dy, act_.data(), dact_.data(), f, c);
   LP_OP("silu-mul bwd", cpu::SiluMulBackward(a.gate.data(), a.up.data(), dact_.data(),
                                              dgate_.data(), dup_.data(), n * f));
   LP_OP("gemm bwd",
@@ -381,6 +455,7 @@ void TrainingPass::BlockBackward(int64_t layer, bool need_input_grad, float* dre
                                         dtmp_.data(), Grad(b.up_proj), Grad(b.up_bias), n, c, f));
   lora(5, dup_.data(), a.xn2.data(), dtmp_.data(), c, f);
   LP_OP("add", AddTo(dxn_.data(), dtmp_, n * c));
+  if (b.moe()) LP_OP("add", AddTo(dxn_.data(), moe_dxn_, n * c));
   LP_OP("rmsnorm bwd", cpu::RmsNormBackward(dxn_.data(), a.x_mid.data(), b.post_norm.value.data(),
                                             a.inv2.data(), dtmp_.data(), Grad(b.post_norm), n, c));
   LP_OP("add", AddTo(dres, dtmp_, n * c));  // Now d(x_mid).

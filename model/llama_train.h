@@ -76,6 +76,7 @@ class TrainingPass {
   struct BlockActivations {
     std::vector<float> x_in, xn1, inv1, q, k, v, attn, lse, x_mid, xn2, inv2, gate, up;
     std::vector<float> lora_t[kLoraTargets];  // x A^T of each LoRA adapter [rows, rank].
+    std::vector<float> gate1, up1, e0, e1;    // MoE: expert 1's gate/up, both experts' outputs.
   };
   absl::Status Prepare(std::span<const int32_t> tokens, std::span<const uint8_t> mask);
   // Runs the blocks and the final norm; with `keep_final` also keeps the
@@ -104,6 +105,8 @@ class TrainingPass {
   // Backward work space.
   std::vector<float> dres_, dxn_, dtmp_, dq_, dk_, dv_, dattn_, dact_, dgate_, dup_, act_;
   std::vector<float> lora_dt_;  // LoRA backward work space [rows, rank].
+  // MoE work space: expert 1's activation and backward buffers.
+  std::vector<float> moe_act_, moe_dact_, moe_dgate_, moe_dup_, moe_dxn_, moe_dy_;
   std::vector<float> attn_scratch_, lm_scratch_;
   std::map<const Parameter*, std::vector<float>> private_grads_;
   FlopCount flops_;

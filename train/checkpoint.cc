@@ -42,10 +42,30 @@ absl::Status WriteWeights(const std::string& dir, LlamaParams& params,
     const TensorInfo& info = *source.Find(name)->info;
     specs.push_back({name, info.dtype, info.shape});
   }
+  // Parameters the source does not have (the MoE baseline's second experts
+  // and mixing logits, on the first checkpoint of such a run), after them.
+  // LoRA adapters are not model tensors: they live in optimizer.safetensors.
+  std::vector<const Parameter*> added;
+  for (Parameter* p : params.All()) {
+    if (source.Find(p->name) || absl::StrContains(p->name, ".lora_")) continue;
+    specs.push_back({p->name, p->source_dtype, p->shape});
+    added.push_back(p);
+  }
   LP_ASSIGN_OR_RETURN(auto writer, CheckpointWriter::Create(dir, specs, shard_bytes));
   std::vector<uint8_t> buffer;
+  const size_t from_source = specs.size() - added.size();
   for (size_t i = 0; i < specs.size(); ++i) {
     LP_RETURN_IF_ERROR(writer->BeginTensor(i));
+    if (i >= from_source) {
+      const Parameter& p = *added[i - from_source];
+      buffer.resize(p.value.size() * DTypeSize(specs[i].dtype));
+      if (!ConvertFromF32(p.value.data(), p.value.size(), specs[i].dtype, buffer.data())) {
+        return absl::InternalError(
+            absl::StrCat("cannot write ", p.name, " as ", DTypeName(specs[i].dtype)));
+      }
+      LP_RETURN_IF_ERROR(writer->Append(buffer.data(), buffer.size()));
+      continue;
+    }
     const TensorRef ref = *source.Find(specs[i].name);
     if (auto m = merged.find(specs[i].name); m != merged.end()) {
       const std::vector<float> values = MergedLoraWeight(params, m->second.first, m->second.second);

@@ -36,6 +36,8 @@ absl::string_view TrainableModeName(TrainableConfig::Mode mode) {
       return "layers";
     case TrainableConfig::Mode::kLora:
       return "lora";
+    case TrainableConfig::Mode::kMoe:
+      return "moe";
   }
   return "unknown";
 }
@@ -545,7 +547,7 @@ absl::Status Parser::ParseTrainable(const YAML::Node& node, TrainableConfig* tra
   if (!Present(node)) return absl::OkStatus();
   trainable->explicit_ = true;
   constexpr absl::string_view kWant =
-      "expanded, all, lora, or a map {layers: [...], embeddings, norm, lm_head}";
+      "expanded, all, lora, moe, or a map {layers: [...], embeddings, norm, lm_head}";
   if (node.IsScalar()) {
     const std::string mode = absl::AsciiStrToLower(node.Scalar());
     if (mode == "expanded") {
@@ -555,6 +557,8 @@ absl::Status Parser::ParseTrainable(const YAML::Node& node, TrainableConfig* tra
       trainable->embeddings = trainable->norm = trainable->lm_head = true;
     } else if (mode == "lora") {
       trainable->mode = TrainableConfig::Mode::kLora;
+    } else if (mode == "moe") {
+      trainable->mode = TrainableConfig::Mode::kMoe;
     } else {
       return Got("trainable", kWant, node);
     }

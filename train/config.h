@@ -49,7 +49,7 @@ struct DataConfig {
 // and kAll otherwise (an explicit `expanded` on a model without one is an
 // error there).
 struct TrainableConfig {
-  enum class Mode { kExpanded, kAll, kLayers, kLora };
+  enum class Mode { kExpanded, kAll, kLayers, kLora, kMoe };
   Mode mode = Mode::kExpanded;
   std::vector<int64_t> layers;  // kLayers: block indices, sorted and distinct.
   bool embeddings = false;      // true for kAll.
@@ -69,7 +69,7 @@ struct LoraConfig {
   bool merge = true;             // `export: merged` (default) or `adapter`.
 };
 
-// "expanded", "all", "layers", "lora".
+// "expanded", "all", "layers", "lora", "moe".
 absl::string_view TrainableModeName(TrainableConfig::Mode mode);
 
 // One optimizer step consumes global_sequences sequences of seq_len tokens,

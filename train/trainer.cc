@@ -77,6 +77,9 @@ absl::StatusOr<TrainableSet> ResolveTrainable(const JobConfig& config, const Lla
         for (int64_t b : record->NewBlocks()) set.blocks[b] = true;
       }
       return set;
+    case TrainableConfig::Mode::kMoe:
+      set.blocks.assign(layers, true);  // Every block's second expert.
+      return set;
     case TrainableConfig::Mode::kLayers:
       for (int64_t b : config.trainable.layers) {
         if (b < 0 || b >= layers) {
@@ -215,6 +218,9 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
                                                 .seed = config.data.seed},
                                                &params);
     if (!added.ok()) return ConfigError(config, "lora", added.message());
+  } else if (config.trainable.mode == TrainableConfig::Mode::kMoe) {
+    const absl::Status added = AddMoeExperts(&params);
+    if (!added.ok()) return ConfigError(config, "trainable", added.message());
   } else {
     LP_RETURN_IF_ERROR(ApplyTrainableSet(trainable, &params));
   }
@@ -308,7 +314,9 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
   plan.trainable_blocks.push_back(
       lora ? absl::StrCat("LoRA rank ", config.lora.rank, " alpha ", config.lora.alpha, " on ",
                           absl::StrJoin(config.lora.targets, "/"), " of ", where)
-           : where);
+      : config.trainable.mode == TrainableConfig::Mode::kMoe
+          ? absl::StrCat("MoE: the second expert and mixing weights of ", where)
+          : where);
   if (trainable.embeddings) plan.trainable_blocks.push_back("embeddings");
   if (trainable.final_norm) plan.trainable_blocks.push_back("final norm");
   if (trainable.lm_head && !model_config.tie_word_embeddings) {

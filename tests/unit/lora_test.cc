@@ -1,5 +1,7 @@
-// LoRA in the training engine: adapters that start as the identity, the
-// same logits merged and unmerged, gradients that match finite differences.
+// The paper's baselines in the training engine. LoRA: adapters that start as
+// the identity, the same logits merged and unmerged, gradients that match
+// finite differences. MoE (appendix H): two experts per MLP that start as
+// the original model, gradients that match finite differences.
 #include <algorithm>
 #include <cmath>
 #include <random>
@@ -132,6 +134,47 @@ TEST(LoraTest, GradientsMatchFiniteDifferencesOfTheLoss) {
   const int checked =
       testing::ExpectGradientsMatchFiniteDifferences(&params, tokens, mask, 2, 6, 2);
   EXPECT_EQ(checked, 2 * 7 * 2 * 2);
+}
+
+TEST(MoeTest, AnMoeExtendedModelAtInitialisationComputesTheOriginalLogits) {
+  ScratchDir dir;
+  testing::WriteCheckpoint(testing::SmallSpec(3, 4, 2, false, false, DType::kF32, 8),
+                           dir.Join("m"));
+  LlamaParams base = Load(dir.Join("m"));
+  LlamaParams params = Load(dir.Join("m"));
+  ASSERT_TRUE(AddMoeExperts(&params).ok());
+  EXPECT_EQ(params.config.moe_experts, 2);
+  const std::vector<int32_t> tokens = RandomTokens(2 * 7, base.config.vocab_size, 4);
+  const std::vector<float> original = Logits(&base, tokens);
+  EXPECT_LE(RelativeError(Logits(&params, tokens), original), 1e-6);
+  // Trainable: each block's second expert (3 matrices) and its mixing logits.
+  EXPECT_EQ(params.Trainable().size(), 3u * 4);
+  EXPECT_EQ(params.blocks[2].expert_up.name, "model.layers.2.mlp.experts.1.up_proj.weight");
+  // Moving the mix or the second expert changes the function.
+  params.blocks[1].expert_mix.value = {0.3f, -0.2f};
+  params.blocks[1].expert_down.value[5] += 0.5f;
+  EXPECT_GT(RelativeError(Logits(&params, tokens), original), 1e-4);
+}
+
+TEST(MoeTest, GradientsMatchFiniteDifferencesOfTheLoss) {
+  ScratchDir dir;
+  testing::WriteCheckpoint(testing::SmallSpec(2, 2, 1, true, false, DType::kF32, 9), dir.Join("m"));
+  LlamaParams params = Load(dir.Join("m"));
+  ASSERT_TRUE(AddMoeExperts(&params).ok());
+  // Experts apart and the mix off balance, so every term of the backward shows.
+  std::mt19937_64 rng(2);
+  std::normal_distribution<float> noise(0.0f, 0.05f);
+  for (BlockParams& b : params.blocks) {
+    for (Parameter* p : {&b.expert_gate, &b.expert_up, &b.expert_down}) {
+      for (float& v : p->value) v += noise(rng);
+    }
+    b.expert_mix.value = {0.4f, -0.3f};
+  }
+  const std::vector<int32_t> tokens = RandomTokens(2 * 7, params.config.vocab_size, 5);
+  std::vector<uint8_t> mask(tokens.size(), 1);
+  const int checked =
+      testing::ExpectGradientsMatchFiniteDifferences(&params, tokens, mask, 2, 6, 2);
+  EXPECT_EQ(checked, 2 * 4 * 2);
 }
 
 }  // namespace

@@ -274,7 +274,8 @@ TEST(JobConfigTest, EachBadValueIsReportedWithItsKeyPath) {
       {{{"data", "{store: [s], mixture: a, seq_len: 16}"}},
        "job.yaml: data.store: must be a non-empty string, got a list of 1"},
       {{{"trainable", "frozen"}},
-       "job.yaml: trainable: must be expanded, all, lora, or a map {layers: [...], embeddings, "
+       "job.yaml: trainable: must be expanded, all, lora, moe, or a map {layers: [...], "
+       "embeddings, "
        "norm, "
        "lm_head}, got \"frozen\""},
       {{{"trainable", "{layers: [3, -1]}"}},
@@ -396,6 +397,7 @@ TEST(JobConfigTest, GeneralCorporaDefaultToThoseTheMixtureDoesNotWeightMost) {
 }
 
 TEST(JobConfigTest, LoraTakesRankAlphaTargetsBlocksAndExport) {
+  EXPECT_EQ(ParseOk(Yaml({{"trainable", "moe"}})).trainable.mode, TrainableConfig::Mode::kMoe);
   JobConfig config = ParseOk(Yaml({{"trainable", "lora"}}));
   EXPECT_EQ(config.trainable.mode, TrainableConfig::Mode::kLora);
   EXPECT_EQ(config.lora.rank, 8);
