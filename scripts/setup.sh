@@ -36,6 +36,8 @@ packages=(
   sentencepiece
   # Python for the transformers compatibility tests.
   python3 python3-venv python3-torch python3-numpy python3-yaml
+  # The plots of scripts/reproduce.sh (scripts/plot_results.py).
+  python3-matplotlib
   # The checks of deploy/ (scripts/check_deploy.sh): shellcheck; promtool is above.
   shellcheck
 )
