@@ -316,25 +316,14 @@ def main():
               "protobuf-compiler-grpc (scripts/setup.sh)")
         return SKIP
 
-    started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="llamapro-pyclient-") as tmp:
+    def checks(cluster, tmp):
         stubs = os.path.join(tmp, "stubs")
         os.makedirs(stubs)
         generate_stubs(proto_dir, stubs)
-        cluster = Cluster(coordinator, worker, llamaproctl, os.path.join(tmp, "cluster"))
-        ok = False
-        try:
-            cluster.start()
-            cluster.synth_base()
-            client_checks(cluster, stubs)
-            cluster.check_alive()
-            ok = True
-        finally:
-            if not ok:
-                cluster.dump_logs()
-            cluster.stop()
-    print(f"PASS ({time.monotonic() - started:.1f} s)")
-    return 0
+        cluster.synth_base()
+        client_checks(cluster, stubs)
+
+    return run_with_cluster((coordinator, worker, llamaproctl), "llamapro-pyclient-", checks)
 
 
 if __name__ == "__main__":
