@@ -228,6 +228,18 @@ def substitute(expr, job_id):
     return expr
 
 
+def repo_python_files():
+    """The repository's own .py files: symlinks are not followed (bazel-*
+    output links lead into /usr), build and output folders are skipped."""
+    found = []
+    for root, dirs, files in os.walk(REPO, followlinks=False):
+        dirs[:] = sorted(d for d in dirs if not (d.startswith(("build", "bazel-", "."))
+                                                  or d == "out"))
+        found += [os.path.join(root, f) for f in files
+                  if f.endswith(".py") and not os.path.islink(os.path.join(root, f))]
+    return sorted(found)
+
+
 def write_corpora(data):
     os.makedirs(os.path.join(data, "text"))
     with open(os.path.join(data, "text", "docs.txt"), "w") as out:
@@ -235,9 +247,7 @@ def write_corpora(data):
             with open(path, errors="replace") as f:
                 out.write(f.read())
     with open(os.path.join(data, "text", "code.txt"), "w") as out:
-        for path in sorted(glob.glob(os.path.join(REPO, "**", "*.py"), recursive=True)):
-            if "/build" in path or "/out/" in path:
-                continue
+        for path in repo_python_files():
             with open(path, errors="replace") as f:
                 out.write(f.read())
     with open(os.path.join(data, "text", "all.txt"), "w") as out:
