@@ -1,8 +1,6 @@
-// Collectives between the ranks of a data-parallel job (DESIGN.md:
-// Parallelism). One interface, implemented with Gloo between CPU workers
-// (train/gloo_communicator.cc) and, later, NCCL between GPUs. Every rank calls
-// the same collectives in the same order. Results are deterministic for a
-// given world size (a fixed reduction order).
+// How the ranks of a job find each other and connect: rendezvous stores and
+// the Gloo communicator. The Communicator interface itself is in
+// base/communicator.h.
 #ifndef LLAMAPRO_TRAIN_COMMUNICATOR_H_
 #define LLAMAPRO_TRAIN_COMMUNICATOR_H_
 
@@ -15,33 +13,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "base/communicator.h"
 
 namespace llamapro {
-
-// Not thread-safe: one thread of each rank drives it.
-class Communicator {
- public:
-  virtual ~Communicator() = default;
-  virtual int rank() const = 0;
-  virtual int world_size() const = 0;
-  // In place: data = sum over ranks. Errors (a peer gone, a timeout) leave
-  // `data` unspecified; the job's attempt is then over.
-  virtual absl::Status AllReduceSum(float* data, size_t n) = 0;
-  virtual absl::Status AllReduceSum(double* data, size_t n) = 0;
-  virtual absl::Status AllReduceSum(int64_t* data, size_t n) = 0;
-  virtual absl::Status Barrier() = 0;
-};
-
-// The single-process case: every collective is the identity.
-class LocalCommunicator : public Communicator {
- public:
-  int rank() const override { return 0; }
-  int world_size() const override { return 1; }
-  absl::Status AllReduceSum(float*, size_t) override { return absl::OkStatus(); }
-  absl::Status AllReduceSum(double*, size_t) override { return absl::OkStatus(); }
-  absl::Status AllReduceSum(int64_t*, size_t) override { return absl::OkStatus(); }
-  absl::Status Barrier() override { return absl::OkStatus(); }
-};
 
 // A key-value store the ranks of a job share to find each other (the
 // coordinator's rendezvous, or a directory for tests). Thread-safe.
@@ -71,6 +45,18 @@ struct GlooOptions {
 absl::StatusOr<std::unique_ptr<Communicator>> MakeGlooCommunicator(int rank, int world_size,
                                                                    RendezvousStore* store,
                                                                    const GlooOptions& options);
+
+// The group communicators of one rank of a DP x TP job (MeshCoordinates):
+// `tp` connects the tp ranks of its replica, `dp` the dp ranks that share its
+// TP rank. A group of one rank is a LocalCommunicator. Every rank of the job
+// calls this with the same dp, tp and options; the groups' Gloo keys are
+// namespaced under options.prefix ("tp/<replica>", "dp/<tp rank>").
+struct MeshCommunicators {
+  MeshCoordinates at;
+  std::unique_ptr<Communicator> tp, dp;
+};
+absl::StatusOr<MeshCommunicators> MakeGlooMesh(int rank, int dp, int tp, RendezvousStore* store,
+                                               const GlooOptions& options);
 
 }  // namespace llamapro
 

@@ -6,6 +6,7 @@
 // the rest); every call into it is made through CallGloo, which turns them
 // into statuses. Exceptions thrown by StoreAdapter (ours) cross Gloo on the
 // way back and are caught there too.
+#include <gloo/allgatherv.h>
 #include <gloo/allreduce.h>
 #include <gloo/barrier.h>
 #include <gloo/common/error.h>
@@ -156,6 +157,28 @@ class GlooCommunicator : public Communicator {
   absl::Status AllReduceSum(double* data, size_t n) override { return AllReduce(data, n); }
   absl::Status AllReduceSum(int64_t* data, size_t n) override { return AllReduce(data, n); }
 
+  // Gloo's allgatherv: every rank sends its block to every other; `out` is
+  // laid out in rank order (copies, no arithmetic: identical everywhere).
+  absl::Status AllGather(const float* in, float* out, const std::vector<size_t>& counts) override {
+    if (counts.size() != static_cast<size_t>(world_size())) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("all-gather with ", counts.size(), " counts in a group of ", world_size()));
+    }
+    size_t total = 0;
+    for (size_t c : counts) total += c;
+    if (total == 0) return absl::OkStatus();
+    return CallGloo(absl::StrCat("Gloo all-gather of ", total, " float values (rank ", rank(),
+                                 " of ", world_size(), ")"),
+                    [&] {
+                      gloo::AllgathervOptions options(context_);
+                      // Gloo reads the input only; its API takes a mutable pointer.
+                      options.setInput(const_cast<float*>(in), counts[rank()]);
+                      options.setOutput(out, counts);
+                      options.setTimeout(timeout_);
+                      gloo::allgatherv(options);
+                    });
+  }
+
   absl::Status Barrier() override {
     return CallGloo(absl::StrCat("Gloo barrier (rank ", rank(), " of ", world_size(), ")"), [&] {
       gloo::BarrierOptions options(context_);
@@ -260,6 +283,22 @@ absl::StatusOr<std::unique_ptr<Communicator>> MakeGlooCommunicator(int rank, int
     return connected;
   }
   return std::make_unique<GlooCommunicator>(std::move(context), options.timeout);
+}
+
+absl::StatusOr<MeshCommunicators> MakeGlooMesh(int rank, int dp, int tp, RendezvousStore* store,
+                                               const GlooOptions& options) {
+  if (dp < 1 || tp < 1 || rank < 0 || rank >= dp * tp) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Gloo mesh: rank ", rank, " is not in a dp ", dp, " x tp ", tp, " mesh"));
+  }
+  MeshCommunicators mesh;
+  mesh.at = MeshCoordinates::Of(rank, dp, tp);
+  GlooOptions group = options;
+  group.prefix = PrefixedKey(options.prefix, absl::StrCat("tp/", mesh.at.dp_rank));
+  LP_ASSIGN_OR_RETURN(mesh.tp, MakeGlooCommunicator(mesh.at.tp_rank, tp, store, group));
+  group.prefix = PrefixedKey(options.prefix, absl::StrCat("dp/", mesh.at.tp_rank));
+  LP_ASSIGN_OR_RETURN(mesh.dp, MakeGlooCommunicator(mesh.at.dp_rank, dp, store, group));
+  return mesh;
 }
 
 }  // namespace llamapro

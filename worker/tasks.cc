@@ -80,6 +80,12 @@ class RestartableCommunicator : public Communicator {
   absl::Status AllReduceSum(int64_t* data, size_t n) override {
     return AsRestartable(inner_->AllReduceSum(data, n));
   }
+  absl::Status AllGather(const float* in, float* out, const std::vector<size_t>& counts) override {
+    return AsRestartable(inner_->AllGather(in, out, counts));
+  }
+  absl::Status ReduceScatterSum(float* data, size_t n) override {
+    return AsRestartable(inner_->ReduceScatterSum(data, n));
+  }
   absl::Status Barrier() override { return AsRestartable(inner_->Barrier()); }
 
  private:
@@ -365,6 +371,24 @@ absl::StatusOr<TaskResult> RunTrain(const v1::Assignment& assignment,
   } else {
     communicator = std::make_unique<LocalCommunicator>();
   }
+  // Tensor parallelism: the TP group (tp consecutive ranks) and DP group of
+  // this rank, on their own Gloo connections.
+  const int tp = config.parallel.tp;
+  std::unique_ptr<Communicator> tp_communicator, dp_communicator;
+  if (tp > 1 && world % tp == 0) {
+    GlooOptions gloo;
+    gloo.interface_address = environment.collective_address;
+    gloo.timeout = environment.collective_timeout;
+    gloo.prefix = assignment.rendezvous_prefix();
+    const MeshCoordinates at = MeshCoordinates::Of(rank, world / tp, tp);
+    Log(hooks, absl::StrCat("mesh dp ", world / tp, " x tp ", tp, ": TP rank ", at.tp_rank,
+                            " of replica ", at.dp_rank));
+    absl::StatusOr<MeshCommunicators> mesh =
+        MakeGlooMesh(rank, world / tp, tp, environment.rendezvous, gloo);
+    if (!mesh.ok()) return AsRestartable(mesh.status());
+    tp_communicator = std::make_unique<RestartableCommunicator>(std::move(mesh->tp));
+    dp_communicator = std::make_unique<RestartableCommunicator>(std::move(mesh->dp));
+  }
 
   // Where to start: rank 0 decides (it alone repairs the output directory)
   // and the others follow, so every rank resumes from the same step.
@@ -391,17 +415,23 @@ absl::StatusOr<TaskResult> RunTrain(const v1::Assignment& assignment,
   TrainOptions options;
   options.resume = mode == static_cast<int64_t>(ResumePlan::Mode::kResume);
   options.communicator = communicator.get();
+  options.tp_communicator = tp_communicator.get();
+  options.dp_communicator = dp_communicator.get();
   options.data = environment.data;
   options.cancel = environment.cancel;
   int64_t last_step = 0;
   Clock::time_point last_time = Clock::now();
   Clock::time_point last_log = Clock::now();
-  const int64_t tokens_per_step = config.batch.global_sequences * config.data.seq_len / world;
+  // Tokens this rank processes per step (the TP ranks of a replica share
+  // theirs).
+  const int64_t replicas = std::max(1, world / std::max(1, tp));
+  const int64_t tokens_per_step = config.batch.global_sequences * config.data.seq_len / replicas;
   double flops_per_token = 0;
   options.on_plan = [&](const TrainPlan& plan) {
     last_step = plan.start_step;
     last_time = Clock::now();
-    flops_per_token = plan.flops_per_token.forward + plan.flops_per_token.backward;
+    // The pass counts this rank's share under TP: the model's is tp times.
+    flops_per_token = (plan.flops_per_token.forward + plan.flops_per_token.backward) * plan.tp;
     UpdateProgress(hooks, [&](v1::Progress* progress) {
       progress->set_step(plan.start_step);
       progress->set_total_steps(plan.total_steps);
@@ -415,6 +445,12 @@ absl::StatusOr<TaskResult> RunTrain(const v1::Assignment& assignment,
                             plan.total_parameters, " parameters train (",
                             absl::StrJoin(plan.trainable_blocks, ", "), "), ", plan.shards,
                             " threads, ", plan.blas));
+    Log(hooks,
+        absl::StrCat("this rank (dp ", plan.dp, " x tp ", plan.tp, plan.zero1 ? ", ZeRO-1" : "",
+                     "): ", plan.rank_parameters, " parameters held; optimizer state ",
+                     FormatBytes(plan.optimizer_state_bytes), ", activations ",
+                     FormatBytes(plan.activation_bytes),
+                     "; planned: ", DescribePlan(plan.rank_plan)));
   };
   options.on_step = [&](const TrainProgress& p) {
     const Clock::time_point now = Clock::now();
