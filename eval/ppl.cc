@@ -35,7 +35,7 @@ absl::StatusOr<PerplexityResult> HeldOutPerplexity(LlamaParams* params, DataSour
   const int64_t width = options.seq_len + 1;
   const int64_t batch = std::min(options.batch, windows);
   ParallelTrainingPass pass(params, batch, options.seq_len, options.threads,
-                            /*for_training=*/false);
+                            /*for_training=*/false, options.tp);
   std::vector<int32_t> tokens(batch * width);
   std::vector<uint8_t> mask(batch * width);
   std::vector<Sample> samples;

@@ -11,6 +11,7 @@
 #include "data/readers.h"
 #include "data/tokenizer.h"
 #include "model/llama_params.h"
+#include "model/llama_train.h"
 
 namespace llamapro {
 
@@ -27,6 +28,9 @@ struct PerplexityOptions {
   int64_t max_windows = 0;  // 0: every held-out window.
   int64_t batch = 4;        // Windows per forward pass.
   int threads = 0;          // 0: all cores.
+  // Tensor parallelism: every rank of the group calls with its slices of the
+  // model (model/llama_train.h); each gets the same result.
+  TensorParallel tp;
 };
 
 // Runs the model (fp32, forward only) over the first windows of `corpus`'s

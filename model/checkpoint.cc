@@ -189,6 +189,40 @@ absl::Status CheckpointReader::ReadF32(const std::string& name, std::vector<floa
   return absl::OkStatus();
 }
 
+absl::Status CheckpointReader::ReadF32Slice(const std::string& name, int dim, int64_t begin,
+                                            int64_t count, std::vector<float>* out) const {
+  auto ref = Find(name);
+  if (!ref) {
+    return absl::NotFoundError(absl::StrCat(dir_, ": tensor '", name, "' is missing"));
+  }
+  const TensorInfo& info = *ref->info;
+  const size_t rank = info.shape.size();
+  if (rank < 1 || rank > 2 || dim < 0 || static_cast<size_t>(dim) >= rank || begin < 0 ||
+      count < 0 || begin + count > info.shape[dim]) {
+    return absl::InvalidArgumentError(absl::StrCat(ref->file->path(), ": tensor '", name,
+                                                   "' has no slice [", begin, ", ", begin + count,
+                                                   ") along dimension ", dim));
+  }
+  const int64_t rows = info.shape[0];
+  const int64_t cols = rank == 2 ? info.shape[1] : 1;
+  const size_t element = DTypeSize(info.dtype);
+  const auto* base = static_cast<const uint8_t*>(ref->file->Data(info));
+  const int64_t out_rows = dim == 0 ? count : rows;
+  const int64_t out_cols = dim == 0 ? cols : count;
+  out->resize(static_cast<size_t>(out_rows * out_cols));
+  for (int64_t r = 0; r < out_rows; ++r) {
+    const int64_t src_row = dim == 0 ? begin + r : r;
+    const int64_t src_col = dim == 0 ? 0 : begin;
+    const uint8_t* src = base + (src_row * cols + src_col) * static_cast<int64_t>(element);
+    if (!ConvertToF32(src, info.dtype, static_cast<size_t>(out_cols), out->data() + r * out_cols)) {
+      return absl::InvalidArgumentError(absl::StrCat(ref->file->path(), ": tensor '", name,
+                                                     "' has dtype ", DTypeName(info.dtype),
+                                                     "; expected F32, F16 or BF16"));
+    }
+  }
+  return absl::OkStatus();
+}
+
 // --- Writing ---------------------------------------------------------------------
 
 ShardLayout PlanShards(const std::vector<TensorSpec>& tensors, uint64_t max_shard_bytes) {

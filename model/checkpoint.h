@@ -47,6 +47,11 @@ class CheckpointReader {
   // Converts the named tensor (F32, F16, BF16 or F64) to fp32. Errors name
   // the file and tensor.
   absl::Status ReadF32(const std::string& name, std::vector<float>* out) const;
+  // Part of a 1-D or 2-D tensor as fp32: along `dim` (0 rows, 1 columns),
+  // indices [begin, begin + count); only those bytes of the mapping are
+  // read (tensor-parallel loading).
+  absl::Status ReadF32Slice(const std::string& name, int dim, int64_t begin, int64_t count,
+                            std::vector<float>* out) const;
 
  private:
   CheckpointReader() = default;

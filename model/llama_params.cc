@@ -4,6 +4,7 @@
 #include <cmath>
 #include <random>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
 #include "kernels/cpu/blas.h"
@@ -13,7 +14,8 @@ namespace llamapro {
 namespace {
 
 absl::Status Load(const CheckpointReader& reader, const std::string& name,
-                  std::vector<int64_t> shape, bool decay, Parameter* out) {
+                  std::vector<int64_t> shape, bool decay, Parameter* out,
+                  TensorParallelShard shard = {}) {
   auto ref = reader.Find(name);
   if (!ref)
     return absl::NotFoundError(absl::StrCat(reader.dir(), ": tensor '", name, "' is missing"));
@@ -22,7 +24,13 @@ absl::Status Load(const CheckpointReader& reader, const std::string& name,
   out->source_dtype = ref->info->dtype;
   out->decay = decay;
   out->trainable = false;
-  return reader.ReadF32(name, &out->value);
+  const int dim = shard.size > 1 ? TensorParallelSplitDim(name) : -1;
+  if (dim < 0) return reader.ReadF32(name, &out->value);
+  out->full_shape = out->shape;
+  out->split_dim = dim;
+  out->split_begin = SliceBegin(out->full_shape[dim], shard);
+  out->shape[dim] = out->full_shape[dim] / shard.size;
+  return reader.ReadF32Slice(name, dim, out->split_begin, out->shape[dim], &out->value);
 }
 
 }  // namespace
@@ -73,6 +81,103 @@ std::vector<Parameter*> LlamaParams::All() {
   return out;
 }
 
+std::vector<Parameter*> LlamaParams::Slots() {
+  std::vector<Parameter*> out = {&embed};
+  for (BlockParams& b : blocks) {
+    for (Parameter* p :
+         {&b.input_norm, &b.q_proj,      &b.k_proj,    &b.v_proj,      &b.o_proj,
+          &b.q_bias,     &b.k_bias,      &b.v_bias,    &b.o_bias,      &b.post_norm,
+          &b.gate_proj,  &b.up_proj,     &b.down_proj, &b.gate_bias,   &b.up_bias,
+          &b.down_bias,  &b.expert_gate, &b.expert_up, &b.expert_down, &b.expert_mix}) {
+      out.push_back(p);
+    }
+    for (LoraAdapter& l : b.lora) {
+      out.push_back(&l.a);
+      out.push_back(&l.b);
+    }
+  }
+  out.push_back(&final_norm);
+  out.push_back(&lm_head);
+  return out;
+}
+
+int TensorParallelSplitDim(const std::string& name) {
+  for (const char* suffix :
+       {"q_proj.weight", "k_proj.weight", "v_proj.weight", "gate_proj.weight", "up_proj.weight",
+        "q_proj.bias", "k_proj.bias", "v_proj.bias", "gate_proj.bias", "up_proj.bias",
+        "embed_tokens.weight", "lm_head.weight"}) {
+    if (absl::EndsWith(name, suffix)) return 0;
+  }
+  for (const char* suffix : {"o_proj.weight", "down_proj.weight"}) {
+    if (absl::EndsWith(name, suffix)) return 1;
+  }
+  return -1;
+}
+
+absl::Status CheckTensorParallel(const LlamaConfig& config, int size) {
+  if (size < 1) return absl::InvalidArgumentError(absl::StrCat("tp must be >= 1, got ", size));
+  if (size == 1) return absl::OkStatus();
+  auto divides = [&](const char* what, int64_t n) -> absl::Status {
+    if (n % size == 0) return absl::OkStatus();
+    return absl::InvalidArgumentError(
+        absl::StrCat("tp ", size, " does not divide the model's ", what, " (", n, ")"));
+  };
+  LP_RETURN_IF_ERROR(divides("num_key_value_heads", config.num_key_value_heads));
+  LP_RETURN_IF_ERROR(divides("num_attention_heads", config.num_attention_heads));
+  LP_RETURN_IF_ERROR(divides("intermediate_size", config.intermediate_size));
+  LP_RETURN_IF_ERROR(divides("vocab_size", config.vocab_size));
+  if (config.moe_experts > 0) {
+    return absl::InvalidArgumentError(
+        "tensor parallelism does not split MoE models (tp must be 1)");
+  }
+  return absl::OkStatus();
+}
+
+namespace {
+int64_t ShapeElements(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+}  // namespace
+
+void ExtractSlice(const Parameter& p, const float* full, float* out) {
+  const int64_t local = ShapeElements(p.shape);
+  if (p.split_dim < 0) {
+    std::copy(full, full + local, out);
+    return;
+  }
+  const std::vector<int64_t>& fs = p.FullShape();
+  const int64_t cols = fs.size() == 2 ? fs[1] : 1;
+  if (p.split_dim == 0) {
+    std::copy(full + p.split_begin * cols, full + p.split_begin * cols + local, out);
+    return;
+  }
+  const int64_t width = p.shape[1];
+  for (int64_t r = 0; r < fs[0]; ++r) {
+    std::copy(full + r * cols + p.split_begin, full + r * cols + p.split_begin + width,
+              out + r * width);
+  }
+}
+
+void PlaceSlice(const Parameter& p, const float* slice, float* full) {
+  const int64_t local = ShapeElements(p.shape);
+  if (p.split_dim < 0) {
+    std::copy(slice, slice + local, full);
+    return;
+  }
+  const std::vector<int64_t>& fs = p.FullShape();
+  const int64_t cols = fs.size() == 2 ? fs[1] : 1;
+  if (p.split_dim == 0) {
+    std::copy(slice, slice + local, full + p.split_begin * cols);
+    return;
+  }
+  const int64_t width = p.shape[1];
+  for (int64_t r = 0; r < fs[0]; ++r) {
+    std::copy(slice + r * width, slice + (r + 1) * width, full + r * cols + p.split_begin);
+  }
+}
+
 std::vector<Parameter*> LlamaParams::Trainable() {
   std::vector<Parameter*> out;
   for (Parameter* p : All()) {
@@ -94,15 +199,17 @@ int64_t LlamaParams::TrainableParameters() {
 }
 
 absl::StatusOr<LlamaParams> LoadLlamaParams(const CheckpointReader& reader,
-                                            const LlamaConfig& config) {
+                                            const LlamaConfig& config, TensorParallelShard shard) {
   LP_RETURN_IF_ERROR(ValidateCheckpoint(config, reader));
+  LP_RETURN_IF_ERROR(CheckTensorParallel(config, shard.size));
   LlamaParams params;
   params.config = config;
   const int64_t c = config.hidden_size;
-  LP_RETURN_IF_ERROR(Load(reader, kEmbedTokens, {config.vocab_size, c}, true, &params.embed));
+  LP_RETURN_IF_ERROR(
+      Load(reader, kEmbedTokens, {config.vocab_size, c}, true, &params.embed, shard));
   LP_RETURN_IF_ERROR(Load(reader, kFinalNorm, {c}, false, &params.final_norm));
   if (!config.tie_word_embeddings) {
-    LP_RETURN_IF_ERROR(Load(reader, kLmHead, {config.vocab_size, c}, true, &params.lm_head));
+    LP_RETURN_IF_ERROR(Load(reader, kLmHead, {config.vocab_size, c}, true, &params.lm_head, shard));
   }
   params.blocks.resize(config.num_hidden_layers);
   for (int64_t layer = 0; layer < config.num_hidden_layers; ++layer) {
@@ -131,7 +238,7 @@ absl::StatusOr<LlamaParams> LoadLlamaParams(const CheckpointReader& reader,
         return absl::InternalError(absl::StrCat("unmapped block tensor ", t.name));
       }
       const bool is_matrix = t.shape.size() == 2;
-      LP_RETURN_IF_ERROR(Load(reader, t.name, t.shape, is_matrix, target));
+      LP_RETURN_IF_ERROR(Load(reader, t.name, t.shape, is_matrix, target, shard));
     }
     if (config.moe_experts > 0) {
       const int64_t c = config.hidden_size, f = config.intermediate_size;

@@ -66,16 +66,55 @@ struct LlamaParams {
 
   std::vector<Parameter*> All();
   std::vector<Parameter*> Trainable();
+  // Every Parameter member, present or not, in a fixed order: the slots of
+  // two models pair up one to one (gathering a tensor-parallel model).
+  std::vector<Parameter*> Slots();
   // The tensor lm_head reads (the embedding when tied).
   Parameter& Head() { return config.tie_word_embeddings ? embed : lm_head; }
   int64_t TotalParameters();
   int64_t TrainableParameters();
 };
 
+// Tensor parallelism (Megatron-style; DESIGN.md, Parallelism): rank `rank`
+// of a group of `size` holds a slice of each split tensor.
+struct TensorParallelShard {
+  int rank = 0;
+  int size = 1;
+};
+
+// How tensor parallelism splits the model tensor `name`: 0 by rows (the
+// output features of q/k/v/gate/up and their biases; the vocabulary of
+// embed_tokens and lm_head), 1 by columns (the input features of o_proj and
+// down_proj), -1 not at all (norm weights, o_proj/down_proj biases: every
+// rank holds them whole and computes identical gradients for them).
+int TensorParallelSplitDim(const std::string& name);
+
+// OK when `size` ranks can split this model: it must divide
+// num_key_value_heads (KV heads are divided, never replicated),
+// intermediate_size and vocab_size; LoRA and MoE models are not split.
+// The error names the number that does not divide.
+absl::Status CheckTensorParallel(const LlamaConfig& config, int size);
+
 // Loads every tensor the config requires as fp32 (validating the checkpoint
-// first), all frozen. Norm weights and biases get decay = false.
+// first), all frozen. Norm weights and biases get decay = false. With a
+// shard of size > 1 each split tensor holds only this rank's slice (read
+// from the memory-mapped file; the rest is never touched) and records it in
+// Parameter::split_dim / split_begin / full_shape; params.config stays the
+// full model's.
 absl::StatusOr<LlamaParams> LoadLlamaParams(const CheckpointReader& reader,
-                                            const LlamaConfig& config);
+                                            const LlamaConfig& config,
+                                            TensorParallelShard shard = {});
+
+// p's slice of the full tensor `full` (p.FullElements() values) into `out`
+// (the product of p.shape values), and back. Only p's shape and split
+// fields are read.
+void ExtractSlice(const Parameter& p, const float* full, float* out);
+void PlaceSlice(const Parameter& p, const float* slice, float* full);
+
+// The rank's slice of dimension `extent` split `size` ways.
+inline int64_t SliceBegin(int64_t extent, TensorParallelShard shard) {
+  return extent / shard.size * shard.rank;
+}
 
 // What trains. `blocks` has one entry per block.
 struct TrainableSet {

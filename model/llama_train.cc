@@ -121,14 +121,21 @@ class OpProfile {
 }  // namespace
 
 TrainingPass::TrainingPass(LlamaParams* params, int64_t batch, int64_t seq_len, bool for_training,
-                           bool private_gradients)
+                           bool private_gradients, TensorParallel tp)
     : params_(params),
       config_(params->config),
+      tp_(tp),
+      heads_(params->config.num_attention_heads / tp.size),
+      kv_heads_(params->config.num_key_value_heads / tp.size),
+      ffn_(params->config.intermediate_size / tp.size),
+      vocab_(params->config.vocab_size / tp.size),
+      vocab_begin_(params->config.vocab_size / tp.size * tp.rank),
       batch_(batch),
       seq_len_(seq_len),
       rows_(batch * seq_len),
       for_training_(for_training) {
   LP_CHECK(batch > 0 && seq_len > 0);
+  LP_CHECK(tp.size >= 1 && (tp.size == 1 || tp.comm != nullptr));
   const int64_t layers = static_cast<int64_t>(params->blocks.size());
   embed_grad_ = for_training && params->embed.trainable;
   lowest_ = layers;
@@ -145,10 +152,10 @@ TrainingPass::TrainingPass(LlamaParams* params, int64_t batch, int64_t seq_len, 
     }
   }
   ref::RopeTables(RopeInverseFrequencies<float>(config_), seq_len, &cos_, &sin_);
-  const int64_t n = rows_, c = config_.hidden_size, f = config_.intermediate_size;
-  const int64_t q = config_.num_attention_heads * config_.head_dim;
-  const int64_t kv = config_.num_key_value_heads * config_.head_dim;
-  const int64_t lse = batch * config_.num_attention_heads * seq_len;
+  const int64_t n = rows_, c = config_.hidden_size, f = ffn_;
+  const int64_t q = heads_ * config_.head_dim;
+  const int64_t kv = kv_heads_ * config_.head_dim;
+  const int64_t lse = batch * heads_ * seq_len;
   auto allocate = [&](BlockActivations* a, bool keep_inputs) {
     if (keep_inputs) {
       a->x_in.resize(n * c);
@@ -191,7 +198,14 @@ TrainingPass::TrainingPass(LlamaParams* params, int64_t batch, int64_t seq_len, 
   }
   attn_scratch_.resize(
       std::max(cpu::AttentionScratchSize(seq_len), cpu::AttentionBackwardScratchSize(seq_len)));
-  lm_scratch_.resize(cpu::LmHeadScratchSize(config_.vocab_size));
+  if (tp_.active()) {
+    logits_.resize(n * vocab_);
+    row_lse_.resize(n);
+    gathered_lse_.resize(n * tp_.size);
+    target_logit_.resize(n);
+  } else {
+    lm_scratch_.resize(cpu::LmHeadScratchSize(config_.vocab_size));
+  }
   if (private_gradients && for_training) {
     for (Parameter* p : params->Trainable()) private_grads_[p].assign(p->value.size(), 0.0f);
   }
@@ -225,8 +239,10 @@ uint64_t TrainingPass::ActivationBytes() const {
   add(scratch_);
   for (const auto& [param, grad] : private_grads_) floats += grad.size();
   for (const std::vector<float>* v :
-       {&x_, &x_final_, &xn_final_, &inv_final_, &dres_, &dxn_, &dtmp_, &dq_, &dk_, &dv_, &dattn_,
-        &dact_, &dgate_, &dup_, &act_, &attn_scratch_, &lm_scratch_}) {
+       {&x_,       &x_final_,      &xn_final_,    &inv_final_,    &dres_,       &dxn_,
+        &dtmp_,    &dq_,           &dk_,          &dv_,           &dattn_,      &dact_,
+        &dgate_,   &dup_,          &act_,         &attn_scratch_, &lm_scratch_, &logits_,
+        &row_lse_, &gathered_lse_, &target_logit_}) {
     floats += v->size();
   }
   return floats * sizeof(float);
@@ -234,10 +250,11 @@ uint64_t TrainingPass::ActivationBytes() const {
 
 void TrainingPass::ComputeFlops() {
   const double c = static_cast<double>(config_.hidden_size);
-  const double f = static_cast<double>(config_.intermediate_size);
-  const double q = static_cast<double>(config_.num_attention_heads * config_.head_dim);
-  const double kv = static_cast<double>(config_.num_key_value_heads * config_.head_dim);
-  const double v = static_cast<double>(config_.vocab_size);
+  // This rank's share under tensor parallelism.
+  const double f = static_cast<double>(ffn_);
+  const double q = static_cast<double>(heads_ * config_.head_dim);
+  const double kv = static_cast<double>(kv_heads_ * config_.head_dim);
+  const double v = static_cast<double>(vocab_);
   const double t = static_cast<double>(seq_len_);
   const double qkv = c * (q + 2 * kv);
   const double layers = static_cast<double>(params_->blocks.size());
@@ -308,8 +325,8 @@ absl::Status TrainingPass::Prepare(std::span<const int32_t> tokens, std::span<co
 void TrainingPass::BlockForward(int64_t layer, BlockActivations* saved, float* x) {
   BlockParams& b = params_->blocks[layer];
   BlockActivations& a = saved != nullptr ? *saved : scratch_;
-  const int64_t n = rows_, c = config_.hidden_size, f = config_.intermediate_size;
-  const int64_t h = config_.num_attention_heads, hkv = config_.num_key_value_heads;
+  const int64_t n = rows_, c = config_.hidden_size, f = ffn_;
+  const int64_t h = heads_, hkv = kv_heads_;
   const int64_t d = config_.head_dim;
   const float eps = static_cast<float>(config_.rms_norm_eps);
   if (saved != nullptr) std::memcpy(a.x_in.data(), x, n * c * sizeof(float));
@@ -332,10 +349,14 @@ void TrainingPass::BlockForward(int64_t layer, BlockActivations* saved, float* x
   LP_OP("attention fwd", cpu::AttentionForward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(),
                                                a.lse.data(), batch_, seq_len_, h, hkv, d,
                                                config_.sliding_window, attn_scratch_.data()));
-  LP_OP("gemm fwd", cpu::Linear(a.attn.data(), b.o_proj.value.data(), ValueOf(b.o_bias),
-                                dtmp_.data(), n, h * d, c));
+  // o_proj and down_proj are split by input features: each rank's product
+  // is a partial sum, the bias is added by TP rank 0 alone.
+  const bool row_bias = tp_.rank == 0;
+  LP_OP("gemm fwd", cpu::Linear(a.attn.data(), b.o_proj.value.data(),
+                                row_bias ? ValueOf(b.o_bias) : nullptr, dtmp_.data(), n, h * d, c));
   LP_OP("lora fwd",
         LoraForward(b.lora[3], s, a.attn.data(), dtmp_.data(), &a.lora_t[3], n, h * d, c));
+  TpAllReduce(dtmp_.data(), n * c);
   LP_OP("add", cpu::AddInPlace(x, dtmp_.data(), n * c));
   if (saved != nullptr) std::memcpy(a.x_mid.data(), x, n * c * sizeof(float));
   LP_OP("rmsnorm fwd",
@@ -347,8 +368,8 @@ void TrainingPass::BlockForward(int64_t layer, BlockActivations* saved, float* x
   LP_OP("lora fwd", LoraForward(b.lora[4], s, a.xn2.data(), a.gate.data(), &a.lora_t[4], n, c, f));
   LP_OP("lora fwd", LoraForward(b.lora[5], s, a.xn2.data(), a.up.data(), &a.lora_t[5], n, c, f));
   LP_OP("silu-mul fwd", cpu::SiluMul(a.gate.data(), a.up.data(), act_.data(), n * f));
-  LP_OP("gemm fwd", cpu::Linear(act_.data(), b.down_proj.value.data(), ValueOf(b.down_bias),
-                                dtmp_.data(), n, f, c));
+  LP_OP("gemm fwd", cpu::Linear(act_.data(), b.down_proj.value.data(),
+                                row_bias ? ValueOf(b.down_bias) : nullptr, dtmp_.data(), n, f, c));
   LP_OP("lora fwd", LoraForward(b.lora[6], s, act_.data(), dtmp_.data(), &a.lora_t[6], n, f, c));
   if (b.moe()) {
     // The second expert, and the mix softmax(m)[0] E0 + softmax(m)[1] E1.
@@ -367,12 +388,13 @@ void TrainingPass::BlockForward(int64_t layer, BlockActivations* saved, float* x
     const auto [w0, w1] = MixWeights(b.expert_mix);
     for (int64_t i = 0; i < n * c; ++i) dtmp_[i] = w0 * a.e0[i] + w1 * a.e1[i];
   }
+  TpAllReduce(dtmp_.data(), n * c);
   LP_OP("add", cpu::AddInPlace(x, dtmp_.data(), n * c));
 }
 
 LossSum TrainingPass::Forward(bool keep_final) {
   const int64_t n = rows_, c = config_.hidden_size;
-  LP_OP("embedding", cpu::Embedding(params_->embed.value.data(), inputs_.data(), x_.data(), n, c));
+  EmbeddingForward();
   for (int64_t i = 0; i < static_cast<int64_t>(params_->blocks.size()); ++i) {
     BlockForward(i, i >= lowest_ ? &saved_[i] : nullptr, x_.data());
   }
@@ -388,8 +410,8 @@ LossSum TrainingPass::Forward(bool keep_final) {
 void TrainingPass::BlockBackward(int64_t layer, bool need_input_grad, float* dres) {
   BlockParams& b = params_->blocks[layer];
   BlockActivations& a = saved_[layer];
-  const int64_t n = rows_, c = config_.hidden_size, f = config_.intermediate_size;
-  const int64_t h = config_.num_attention_heads, hkv = config_.num_key_value_heads;
+  const int64_t n = rows_, c = config_.hidden_size, f = ffn_;
+  const int64_t h = heads_, hkv = kv_heads_;
   const int64_t d = config_.head_dim;
 
   const float s = params_->LoraScale();
@@ -456,6 +478,7 @@ void TrainingPass::BlockBackward(int64_t layer, bool need_input_grad, float* dre
   lora(5, dup_.data(), a.xn2.data(), dtmp_.data(), c, f);
   LP_OP("add", AddTo(dxn_.data(), dtmp_, n * c));
   if (b.moe()) LP_OP("add", AddTo(dxn_.data(), moe_dxn_, n * c));
+  TpAllReduce(dxn_.data(), n * c);  // Each rank's features' share of d(xn2).
   LP_OP("rmsnorm bwd", cpu::RmsNormBackward(dxn_.data(), a.x_mid.data(), b.post_norm.value.data(),
                                             a.inv2.data(), dtmp_.data(), Grad(b.post_norm), n, c));
   LP_OP("add", AddTo(dres, dtmp_, n * c));  // Now d(x_mid).
@@ -488,10 +511,93 @@ void TrainingPass::BlockBackward(int64_t layer, bool need_input_grad, float* dre
   lora(2, dv_.data(), a.xn1.data(), need_dxn1 ? dtmp_.data() : nullptr, c, hkv * d);
   if (!need_dxn1) return;
   LP_OP("add", AddTo(dxn_.data(), dtmp_, n * c));
+  TpAllReduce(dxn_.data(), n * c);  // Each rank's heads' share of d(xn1).
   LP_OP("rmsnorm bwd",
         cpu::RmsNormBackward(dxn_.data(), a.x_in.data(), b.input_norm.value.data(), a.inv1.data(),
                              need_input_grad ? dtmp_.data() : nullptr, Grad(b.input_norm), n, c));
   if (need_input_grad) LP_OP("add", AddTo(dres, dtmp_, n * c));  // Now d(x_in).
+}
+
+void TrainingPass::TpAllReduce(float* data, int64_t n) {
+  if (!tp_.active() || !tp_status_.ok()) return;
+  LP_OP("tp all-reduce", tp_status_ = tp_.comm->AllReduceSum(data, static_cast<size_t>(n)));
+}
+
+void TrainingPass::EmbeddingForward() {
+  const int64_t n = rows_, c = config_.hidden_size;
+  const float* table = params_->embed.value.data();
+  if (!tp_.active()) {
+    LP_OP("embedding", cpu::Embedding(table, inputs_.data(), x_.data(), n, c));
+    return;
+  }
+  // Rows of this rank's vocabulary slice; zeros elsewhere; then the sum.
+  for (int64_t r = 0; r < n; ++r) {
+    const int64_t t = inputs_[r] - vocab_begin_;
+    float* row = x_.data() + r * c;
+    if (t >= 0 && t < vocab_) {
+      std::memcpy(row, table + t * c, c * sizeof(float));
+    } else {
+      std::fill(row, row + c, 0.0f);
+    }
+  }
+  TpAllReduce(x_.data(), n * c);
+}
+
+double TrainingPass::ParallelCrossEntropy(float scale, float* dx, float* dw) {
+  const int64_t n = rows_, c = config_.hidden_size, v = vocab_;
+  const float* x = xn_final_.data();
+  const float* w = params_->Head().value.data();
+  float* logits = logits_.data();
+  // This rank's logits, their log-sum-exp, and the target's logit where
+  // this rank holds the target.
+  cpu::Sgemm(false, true, n, v, c, 1.0f, x, c, w, c, 0.0f, logits, v);
+  for (int64_t r = 0; r < n; ++r) {
+    const float* row = logits + r * v;
+    float top = row[0];
+    for (int64_t j = 1; j < v; ++j) top = std::max(top, row[j]);
+    double sum = 0;
+    for (int64_t j = 0; j < v; ++j) sum += std::exp(static_cast<double>(row[j] - top));
+    row_lse_[r] = static_cast<float>(top + std::log(sum));
+    const int64_t t = targets_[r] - vocab_begin_;
+    target_logit_[r] = t >= 0 && t < v ? row[t] : 0.0f;
+  }
+  if (tp_status_.ok()) {
+    tp_status_ = tp_.comm->AllGather(row_lse_.data(), gathered_lse_.data(),
+                                     std::vector<size_t>(tp_.size, static_cast<size_t>(n)));
+  }
+  TpAllReduce(target_logit_.data(), n);
+  if (!tp_status_.ok()) return 0;
+  double loss = 0;
+  for (int64_t r = 0; r < n; ++r) {
+    // The full vocabulary's log-sum-exp from the ranks' (in rank order, so
+    // every rank computes the same value).
+    double top = gathered_lse_[r];
+    for (int k = 1; k < tp_.size; ++k) top = std::max(top, double{gathered_lse_[k * n + r]});
+    double sum = 0;
+    for (int k = 0; k < tp_.size; ++k) sum += std::exp(gathered_lse_[k * n + r] - top);
+    const double lse = top + std::log(sum);
+    row_lse_[r] = static_cast<float>(lse);
+    const bool counted = all_targets_ || target_mask_[r] != 0;
+    if (counted) loss += lse - target_logit_[r];
+    if (dx == nullptr && dw == nullptr) continue;
+    // d loss / d logits = scale * (softmax - onehot) on counted rows.
+    float* row = logits + r * v;
+    if (!counted) {
+      std::fill(row, row + v, 0.0f);
+      continue;
+    }
+    for (int64_t j = 0; j < v; ++j) {
+      row[j] = scale * static_cast<float>(std::exp(static_cast<double>(row[j]) - lse));
+    }
+    const int64_t t = targets_[r] - vocab_begin_;
+    if (t >= 0 && t < v) row[t] -= scale;
+  }
+  if (dw != nullptr) cpu::Sgemm(true, false, v, c, n, 1.0f, logits, v, x, c, 1.0f, dw, c);
+  if (dx != nullptr) {
+    cpu::Sgemm(false, false, n, c, v, 1.0f, logits, v, w, c, 0.0f, dx, c);
+    TpAllReduce(dx, n * c);
+  }
+  return loss;
 }
 
 absl::StatusOr<LossSum> TrainingPass::ForwardBackward(std::span<const int32_t> tokens,
@@ -501,16 +607,23 @@ absl::StatusOr<LossSum> TrainingPass::ForwardBackward(std::span<const int32_t> t
     return absl::FailedPreconditionError("this pass was built for evaluation only");
   }
   LP_RETURN_IF_ERROR(Prepare(tokens, mask));
+  tp_status_ = absl::OkStatus();
   LossSum sum = Forward(/*keep_final=*/true);
   const int64_t n = rows_, c = config_.hidden_size;
   const int64_t layers = static_cast<int64_t>(params_->blocks.size());
   const bool head_dx = lowest_ < layers || params_->final_norm.trainable;
   Parameter& head = params_->Head();
-  LP_OP("lm head + loss",
-        sum.loss = cpu::LmHeadCrossEntropy(xn_final_.data(), head.value.data(), targets_.data(),
-                                           all_targets_ ? nullptr : target_mask_.data(), grad_scale,
-                                           head_dx ? dxn_.data() : nullptr, Grad(head), n, c,
-                                           config_.vocab_size, lm_scratch_.data()));
+  if (tp_.active()) {
+    LP_OP("lm head + loss",
+          sum.loss = ParallelCrossEntropy(grad_scale, head_dx ? dxn_.data() : nullptr, Grad(head)));
+  } else {
+    LP_OP("lm head + loss", sum.loss = cpu::LmHeadCrossEntropy(
+                                xn_final_.data(), head.value.data(), targets_.data(),
+                                all_targets_ ? nullptr : target_mask_.data(), grad_scale,
+                                head_dx ? dxn_.data() : nullptr, Grad(head), n, c,
+                                config_.vocab_size, lm_scratch_.data()));
+  }
+  LP_RETURN_IF_ERROR(tp_status_);
   if (!head_dx) return sum;
   LP_OP("rmsnorm bwd",
         cpu::RmsNormBackward(dxn_.data(), x_final_.data(), params_->final_norm.value.data(),
@@ -520,43 +633,62 @@ absl::StatusOr<LossSum> TrainingPass::ForwardBackward(std::span<const int32_t> t
     BlockBackward(i, /*need_input_grad=*/i > lowest_ || embed_grad_, dres_.data());
   }
   if (embed_grad_) {
-    LP_OP("embedding bwd",
-          cpu::EmbeddingBackward(dres_.data(), inputs_.data(), params_->embed.grad.data(), n, c));
+    if (tp_.active()) {
+      // This rank's vocabulary rows only.
+      float* dtable = params_->embed.grad.data();
+      for (int64_t r = 0; r < n; ++r) {
+        const int64_t t = inputs_[r] - vocab_begin_;
+        if (t >= 0 && t < vocab_) cpu::AddInPlace(dtable + t * c, dres_.data() + r * c, c);
+      }
+    } else {
+      LP_OP("embedding bwd",
+            cpu::EmbeddingBackward(dres_.data(), inputs_.data(), params_->embed.grad.data(), n, c));
+    }
   }
+  LP_RETURN_IF_ERROR(tp_status_);
   return sum;
 }
 
 absl::StatusOr<std::vector<float>> TrainingPass::Logits(std::span<const int32_t> tokens) {
   LP_RETURN_IF_ERROR(Prepare(tokens, {}));
+  tp_status_ = absl::OkStatus();
   Forward(/*keep_final=*/false);
-  std::vector<float> logits(rows_ * config_.vocab_size);
+  LP_RETURN_IF_ERROR(tp_status_);
+  std::vector<float> logits(rows_ * vocab_);
   cpu::Linear(xn_final_.data(), params_->Head().value.data(), nullptr, logits.data(), rows_,
-              config_.hidden_size, config_.vocab_size);
+              config_.hidden_size, vocab_);
   return logits;
 }
 
 absl::StatusOr<LossSum> TrainingPass::Evaluate(std::span<const int32_t> tokens,
                                                std::span<const uint8_t> mask) {
   LP_RETURN_IF_ERROR(Prepare(tokens, mask));
+  tp_status_ = absl::OkStatus();
   LossSum sum = Forward(/*keep_final=*/false);
-  LP_OP("lm head + loss", sum.loss = cpu::LmHeadCrossEntropy(
-                              xn_final_.data(), params_->Head().value.data(), targets_.data(),
-                              all_targets_ ? nullptr : target_mask_.data(), 1.0f, nullptr, nullptr,
-                              rows_, config_.hidden_size, config_.vocab_size, lm_scratch_.data()));
+  if (tp_.active()) {
+    LP_OP("lm head + loss", sum.loss = ParallelCrossEntropy(1.0f, nullptr, nullptr));
+  } else {
+    LP_OP("lm head + loss",
+          sum.loss = cpu::LmHeadCrossEntropy(
+              xn_final_.data(), params_->Head().value.data(), targets_.data(),
+              all_targets_ ? nullptr : target_mask_.data(), 1.0f, nullptr, nullptr, rows_,
+              config_.hidden_size, config_.vocab_size, lm_scratch_.data()));
+  }
+  LP_RETURN_IF_ERROR(tp_status_);
   return sum;
 }
 
 ParallelTrainingPass::ParallelTrainingPass(LlamaParams* params, int64_t batch, int64_t seq_len,
-                                           int threads, bool for_training)
+                                           int threads, bool for_training, TensorParallel tp)
     : params_(params), seq_len_(seq_len) {
   threads_ = threads > 0 ? threads : HardwareThreads();
-  const int64_t shards = std::max<int64_t>(1, std::min<int64_t>(threads_, batch));
+  const int64_t shards = tp.active() ? 1 : std::max<int64_t>(1, std::min<int64_t>(threads_, batch));
   int64_t row = 0;
   for (int64_t s = 0; s < shards; ++s) {
     first_row_.push_back(row);
     const int64_t rows = batch / shards + (s < batch % shards ? 1 : 0);
     shards_.push_back(std::make_unique<TrainingPass>(params, rows, seq_len, for_training,
-                                                     /*private_gradients=*/s > 0));
+                                                     /*private_gradients=*/s > 0, tp));
     row += rows;
   }
   first_row_.push_back(row);

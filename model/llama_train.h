@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "base/communicator.h"
 #include "base/parallel.h"
 #include "model/llama_params.h"
 
@@ -35,6 +36,22 @@ struct FlopCount {
   double backward = 0;
 };
 
+// Tensor parallelism for a pass (Megatron-style, DESIGN.md: Parallelism):
+// `comm` connects the `size` ranks of one model replica, each holding the
+// slices LoadLlamaParams(..., {rank, size}) gives it. Each rank computes its
+// heads and its share of the MLP; one all-reduce after o_proj and one after
+// down_proj in the forward, one on the input gradient of each block's
+// attention and MLP inputs in the backward. The embedding and lm_head are
+// vocabulary-parallel: the cross-entropy combines each rank's log-sum-exp
+// over its slice of the vocabulary (an all-gather of one value per row) and
+// no rank ever holds more than its [rows, vocab / size] logits.
+struct TensorParallel {
+  Communicator* comm = nullptr;
+  int rank = 0;
+  int size = 1;
+  bool active() const { return size > 1; }
+};
+
 // One set of activation buffers for `batch` sequences of `seq_len` inputs.
 // The trainable flags of `params` are read at construction; build a new pass
 // when they change. With for_training == false only Evaluate may be called
@@ -46,7 +63,7 @@ class TrainingPass {
   // private_gradient) instead of Parameter::grad: several passes can then
   // run concurrently on shards of a batch (ParallelTrainingPass).
   TrainingPass(LlamaParams* params, int64_t batch, int64_t seq_len, bool for_training = true,
-               bool private_gradients = false);
+               bool private_gradients = false, TensorParallel tp = {});
 
   // `tokens` holds batch rows of seq_len + 1 ids: row b's inputs are its
   // first seq_len ids, its targets the last seq_len. `mask` (same layout, or
@@ -58,7 +75,8 @@ class TrainingPass {
   // The loss sum only (evaluation); no gradients, nothing kept.
   absl::StatusOr<LossSum> Evaluate(std::span<const int32_t> tokens, std::span<const uint8_t> mask);
   // The logits [batch * seq_len, V] of the inputs of `tokens` (laid out as
-  // for Evaluate; the last id of each row is not an input). For tests.
+  // for Evaluate; the last id of each row is not an input); under tensor
+  // parallelism this rank's [batch * seq_len, V / size] slice. For tests.
   absl::StatusOr<std::vector<float>> Logits(std::span<const int32_t> tokens);
 
   // The private gradient buffer of a trainable parameter (nullptr without
@@ -88,9 +106,21 @@ class TrainingPass {
   void BlockBackward(int64_t layer, bool need_input_grad, float* dres);
   void ComputeFlops();
   float* Grad(Parameter& p);
+  // Tensor parallelism: sums `data` over the TP group (nothing without it).
+  // The first failure is kept in tp_status_ and later collectives are
+  // skipped; the pass returns it.
+  void TpAllReduce(float* data, int64_t n);
+  void EmbeddingForward();
+  // The vocabulary-parallel lm_head + cross-entropy (see TensorParallel).
+  double ParallelCrossEntropy(float scale, float* dx, float* dw);
 
   LlamaParams* params_;
   LlamaConfig config_;
+  TensorParallel tp_;
+  absl::Status tp_status_;
+  // This rank's heads, KV heads, MLP features and vocabulary rows (all of
+  // them without tensor parallelism), and its first vocabulary id.
+  int64_t heads_, kv_heads_, ffn_, vocab_, vocab_begin_;
   int64_t batch_, seq_len_, rows_;
   bool for_training_;
   int64_t lowest_;
@@ -108,6 +138,7 @@ class TrainingPass {
   // MoE work space: expert 1's activation and backward buffers.
   std::vector<float> moe_act_, moe_dact_, moe_dgate_, moe_dup_, moe_dxn_, moe_dy_;
   std::vector<float> attn_scratch_, lm_scratch_;
+  std::vector<float> logits_, row_lse_, gathered_lse_, target_logit_;  // Vocabulary-parallel CE.
   std::map<const Parameter*, std::vector<float>> private_grads_;
   FlopCount flops_;
 };
@@ -119,8 +150,10 @@ class TrainingPass {
 // deterministic for a given thread count. Same contract as TrainingPass.
 class ParallelTrainingPass {
  public:
+  // Under tensor parallelism (tp.active()) the batch is one shard: the
+  // collectives of a pass are driven by one thread.
   ParallelTrainingPass(LlamaParams* params, int64_t batch, int64_t seq_len, int threads,
-                       bool for_training = true);
+                       bool for_training = true, TensorParallel tp = {});
   ~ParallelTrainingPass();
 
   absl::StatusOr<LossSum> ForwardBackward(std::span<const int32_t> tokens,

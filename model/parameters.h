@@ -22,6 +22,23 @@ struct Parameter {
   std::vector<float> grad;
   bool trainable = false;
   bool decay = true;  // AdamW weight decay applies (false for norm weights and biases).
+  // Tensor parallelism: which part of the checkpoint tensor `name` (of shape
+  // full_shape) this one holds. split_dim -1: all of it; 0: rows
+  // [split_begin, split_begin + shape[0]); 1: columns, likewise.
+  int split_dim = -1;
+  int64_t split_begin = 0;
+  std::vector<int64_t> full_shape;  // Empty: equal to `shape`.
+  // ZeRO-1 (train/zero.h): this holds elements [flat_begin, flat_begin +
+  // value.size()) of the tensor `shape` describes (its whole when 0 and
+  // value-sized).
+  int64_t flat_begin = 0;
+
+  const std::vector<int64_t>& FullShape() const { return full_shape.empty() ? shape : full_shape; }
+  int64_t FullElements() const {
+    int64_t n = 1;
+    for (int64_t d : FullShape()) n *= d;
+    return n;
+  }
 
   int64_t NumElements() const { return static_cast<int64_t>(value.size()); }
   // Allocates (zeroed) or frees the gradient to match `trainable`.
