@@ -37,7 +37,7 @@ using Keys = std::vector<absl::string_view>;
 // Keys every document may have, whatever its kind.
 const Keys& SubmitKeys() {
   static const auto* const kKeys =
-      new Keys{"kind", "name", "world_size", "depends_on", "max_restarts"};
+      new Keys{"kind", "name", "world_size", "depends_on", "max_restarts", "resume"};
   return *kKeys;
 }
 
@@ -463,6 +463,26 @@ absl::StatusOr<SubmitDocument> ParseDocument(const DocumentReader& reader, const
                                                      " runs on one worker; must be 1"));
     }
     spec->set_world_size(static_cast<int32_t>(n));
+  } else if (training && Present(doc["parallel"]) && doc["parallel"].IsMap() &&
+             Present(doc["parallel"]["dp"])) {
+    // parallel: {dp, tp} names the mesh: world_size = dp x tp.
+    LP_ASSIGN_OR_RETURN(int64_t dp, reader.Integer(doc["parallel"]["dp"], "parallel.dp", 1,
+                                                   kInt32Max, "an integer >= 1"));
+    int64_t tp = 1;
+    if (Present(doc["parallel"]["tp"])) {
+      LP_ASSIGN_OR_RETURN(tp, reader.Integer(doc["parallel"]["tp"], "parallel.tp", 1, kInt32Max,
+                                             "an integer >= 1"));
+    }
+    if (dp * tp > kInt32Max) return reader.Error("parallel", "dp x tp is too large");
+    spec->set_world_size(static_cast<int32_t>(dp * tp));
+  }
+  if (Present(doc["resume"])) {
+    if (!training) {
+      return reader.Error("resume", absl::StrCat("only pretrain and sft jobs resume a run, not ",
+                                                 rpc::JobKindName(kind)));
+    }
+    LP_ASSIGN_OR_RETURN(bool resume, reader.Bool(doc["resume"], "resume"));
+    spec->set_resume(resume);
   }
   if (Present(doc["max_restarts"])) {
     LP_ASSIGN_OR_RETURN(int64_t n, reader.Integer(doc["max_restarts"], "max_restarts", 0, kInt32Max,

@@ -203,6 +203,9 @@ absl::StatusOr<v1::JobSpec> Coordinator::ValidateSpec(const v1::JobSpec& in,
   if (!training && !spec.train_config_yaml().empty()) {
     return Invalid("spec.train_config_yaml", "only pretrain and sft jobs take a training config");
   }
+  if (!training && spec.resume()) {
+    return Invalid("spec.resume", "only pretrain and sft jobs resume a run");
+  }
   if (!training && spec.world_size() != 1) {
     return Invalid("spec.world_size",
                    absl::StrCat(rpc::JobKindName(spec.kind()), " jobs run on one worker, got ",
@@ -260,12 +263,26 @@ absl::StatusOr<v1::JobSpec> Coordinator::ValidateSpec(const v1::JobSpec& in,
             absl::StrCat("data.store (", config->data.store,
                          ") is ignored: the coordinator's token store serves the data"));
       }
-      const int64_t ranks_times_micro = spec.world_size() * config->batch.micro_batch;
+      // The mesh (parallel:): world_size = dp x tp; the batch splits over dp.
+      const int tp = config->parallel.tp;
+      if (spec.world_size() % tp != 0) {
+        return Invalid(
+            "spec.train_config_yaml: parallel.tp",
+            absl::StrCat(tp, " does not divide the job's world_size (", spec.world_size(), ")"));
+      }
+      const int dp = spec.world_size() / tp;
+      if (config->parallel.dp > 0 && config->parallel.dp != dp) {
+        return Invalid(
+            "spec.world_size",
+            absl::StrCat("is ", spec.world_size(), " but parallel: dp ", config->parallel.dp,
+                         " x tp ", tp, " needs ", config->parallel.dp * tp, " ranks"));
+      }
+      const int64_t ranks_times_micro = int64_t{dp} * config->batch.micro_batch;
       if (config->batch.global_sequences % ranks_times_micro != 0) {
         return Invalid(
             "spec.world_size",
             absl::StrCat(config->batch.global_sequences, " sequences per step do not split into ",
-                         spec.world_size(), " ranks of whole micro-batches of ",
+                         dp, " data-parallel ranks of whole micro-batches of ",
                          config->batch.micro_batch));
       }
       break;
@@ -702,7 +719,7 @@ v1::Assignment Coordinator::MakeAssignment(const JobEntry& entry, int32_t rank) 
   a.set_rank(rank);
   a.set_world_size(entry.job.workers_size());
   *a.mutable_spec() = entry.job.spec();
-  a.set_resume(entry.job.attempt() > 1);
+  a.set_resume(entry.job.attempt() > 1 || entry.job.spec().resume());
   a.set_rendezvous_prefix(RendezvousPrefix(entry.job));
   for (const std::string& name : entry.job.workers()) a.add_worker_names(name);
   a.set_data_dir(paths_.data_dir());
@@ -1014,7 +1031,9 @@ void Coordinator::Schedule() {
       continue;
     }
     // Gang: every rank now. Idle workers in name order, so placement is
-    // reproducible.
+    // reproducible; under tensor parallelism each TP group (tp consecutive
+    // ranks) on one host when the idle workers allow it.
+    const std::string placement = PlaceRanks(job.spec(), &idle);
     job.set_attempt(job.attempt() + 1);
     job.set_state(v1::JOB_STATE_RUNNING);
     if (!job.has_started()) *job.mutable_started() = TimeUtil::GetCurrentTime();
@@ -1031,10 +1050,55 @@ void Coordinator::Schedule() {
     entry->rank_done.assign(need, false);
     Record(entry.get(),
            absl::StrCat(job.attempt() == 1 ? "started" : "restarted", " attempt ", job.attempt(),
-                        " on ", absl::StrJoin(job.workers(), ", ")),
+                        " on ", absl::StrJoin(job.workers(), ", "), placement),
            true)
         .IgnoreError();
   }
+}
+
+std::string Coordinator::PlaceRanks(const v1::JobSpec& spec, std::vector<WorkerEntry*>* idle) {
+  const auto need = static_cast<size_t>(spec.world_size());
+  if (need < 2 || spec.train_config_yaml().empty()) return "";
+  absl::StatusOr<JobConfig> config =
+      ParseJobConfig(spec.train_config_yaml(), "spec.train_config_yaml", paths_.data_dir());
+  if (!config.ok() || config->parallel.tp < 2) return "";
+  const auto tp = static_cast<size_t>(config->parallel.tp);
+  const size_t groups = need / tp;
+  // Hosts in the order their first idle worker comes (name order).
+  std::vector<std::string> hosts;
+  std::map<std::string, std::vector<WorkerEntry*>> by_host;
+  for (WorkerEntry* w : *idle) {
+    auto& list = by_host[w->info.host()];
+    if (list.empty()) hosts.push_back(w->info.host());
+    list.push_back(w);
+  }
+  std::vector<WorkerEntry*> chosen;
+  for (const std::string& host : hosts) {
+    const std::vector<WorkerEntry*>& list = by_host[host];
+    for (size_t g = 0; g + 1 <= list.size() / tp && chosen.size() < groups * tp; ++g) {
+      chosen.insert(chosen.end(), list.begin() + g * tp, list.begin() + (g + 1) * tp);
+    }
+  }
+  if (chosen.size() < groups * tp) {
+    std::vector<std::string> counts;
+    counts.reserve(hosts.size());
+    for (const std::string& host : hosts) {
+      counts.push_back(absl::StrCat(host, ": ", by_host[host].size()));
+    }
+    return absl::StrCat(" (tensor-parallel groups of ", tp,
+                        " span hosts: no placement puts every group on one host; idle workers "
+                        "per host: ",
+                        absl::StrJoin(counts, ", "), ")");
+  }
+  // The chosen workers first, in group order; the rest keep name order.
+  std::vector<WorkerEntry*> rest;
+  for (WorkerEntry* w : *idle) {
+    if (std::find(chosen.begin(), chosen.end(), w) == chosen.end()) rest.push_back(w);
+  }
+  *idle = std::move(chosen);
+  idle->insert(idle->end(), rest.begin(), rest.end());
+  return absl::StrCat(" (", groups, " tensor-parallel group", groups == 1 ? "" : "s", " of ", tp,
+                      ", each on one host)");
 }
 
 void Coordinator::StartIngest(JobEntry* entry) {

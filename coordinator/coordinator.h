@@ -175,6 +175,10 @@ class Coordinator {
   bool AttemptIsCurrent(const WorkerEntry& worker) const;
   v1::Assignment MakeAssignment(const JobEntry& entry, int32_t rank) const;
   void Schedule();
+  // Orders *idle so that its first world_size workers are the job's ranks:
+  // under tensor parallelism each TP group on one host when possible.
+  // Returns a note for the job's event ("" when there is nothing to say).
+  std::string PlaceRanks(const v1::JobSpec& spec, std::vector<WorkerEntry*>* idle);
   void StartIngest(JobEntry* entry);
   void FinishIngest(uint64_t number, int32_t attempt, const absl::Status& status,
                     const std::map<std::string, double>& result);

@@ -318,7 +318,27 @@ absl::Status LoadOptimizerState(const std::string& checkpoint_dir, LlamaParams* 
         "; then but not now: ", only_there.empty() ? "none" : absl::StrJoin(only_there, ", "),
         "); resume with the same 'trainable:' setting"));
   }
-  std::vector<float> values;
+  // The file holds whole tensors; a tensor-parallel or ZeRO-1 rank keeps its
+  // part (Parameter::split_*, flat_begin).
+  std::map<std::string, Parameter*> optimized;
+  for (Parameter* p : optimizer->parameters()) optimized[p->name] = p;
+  std::vector<float> values, slice;
+  auto held = [&](const Parameter& p, const TensorInfo& t) -> absl::Status {
+    if (static_cast<int64_t>(values.size()) != p.FullElements()) {
+      return absl::DataLossError(absl::StrCat(path, ": tensor '", t.name, "' has ", values.size(),
+                                              " values, expected ", p.FullElements()));
+    }
+    int64_t local = 1;
+    for (int64_t d : p.shape) local *= d;
+    slice.resize(static_cast<size_t>(local));
+    ExtractSlice(p, values.data(), slice.data());
+    if (p.flat_begin + p.NumElements() > local) {
+      return absl::InternalError(
+          absl::StrCat("parameter ", p.name, " holds elements beyond its shape"));
+    }
+    values.assign(slice.begin() + p.flat_begin, slice.begin() + p.flat_begin + p.NumElements());
+    return absl::OkStatus();
+  };
   for (const TensorInfo& t : file->tensors()) {
     values.resize(static_cast<size_t>(t.NumElements()));
     if (t.dtype != DType::kF32) {
@@ -329,15 +349,15 @@ absl::Status LoadOptimizerState(const std::string& checkpoint_dir, LlamaParams* 
       const std::string name = t.name.substr(7);
       for (Parameter* p : params->Trainable()) {
         if (p->name != name) continue;
-        if (p->value.size() != values.size()) {
-          return absl::DataLossError(absl::StrCat(path, ": tensor '", t.name, "' has ",
-                                                  values.size(), " values, expected ",
-                                                  p->value.size()));
-        }
+        LP_RETURN_IF_ERROR(held(*p, t));
         p->value = values;
       }
       continue;
     }
+    // "<kind>.<tensor name>" (kinds have no dot).
+    const size_t dot = t.name.find('.');
+    auto it = dot == std::string::npos ? optimized.end() : optimized.find(t.name.substr(dot + 1));
+    if (it != optimized.end()) LP_RETURN_IF_ERROR(held(*it->second, t));
     LP_RETURN_IF_ERROR(optimizer->LoadStateTensor(t.name, values));
   }
   int64_t step = 0;

@@ -59,7 +59,9 @@ const std::vector<Section>& Schema() {
   static const auto* const kSchema = new std::vector<Section>{
       {"",
        {"model", "output_dir", "data", "trainable", "lora", "optimizer", "schedule", "batch",
-        "steps", "tokens", "eval", "checkpoint", "precision", "device", "threads", "log_interval"}},
+        "steps", "tokens", "eval", "checkpoint", "parallel", "precision", "device", "threads",
+        "log_interval"}},
+      {"parallel", {"dp", "tp", "zero"}},
       {"lora", {"rank", "alpha", "dropout", "targets", "blocks", "export"}},
       {"data", {"store", "mixture", "seq_len", "seed"}},
       {"trainable", {"layers", "embeddings", "norm", "lm_head"}},
@@ -418,6 +420,8 @@ class Parser {
                              ScheduleConfig* schedule) const;
   absl::Status ParseBatch(const YAML::Node& node, int64_t seq_len, BatchConfig* batch) const;
   absl::Status ParseSteps(const YAML::Node& root, JobConfig* job) const;
+  absl::Status ParseParallel(const YAML::Node& node, const JobConfig& job,
+                             ParallelConfig* parallel) const;
   absl::Status ParseEval(const YAML::Node& node, const std::vector<MixtureComponent>& mixture,
                          EvalConfig* eval) const;
   absl::Status ParseCheckpoint(const YAML::Node& node, CheckpointConfig* checkpoint) const;
@@ -801,6 +805,40 @@ absl::Status Parser::ParseCheckpoint(const YAML::Node& node, CheckpointConfig* c
   return absl::OkStatus();
 }
 
+absl::Status Parser::ParseParallel(const YAML::Node& node, const JobConfig& job,
+                                   ParallelConfig* parallel) const {
+  *parallel = ParallelConfig();
+  if (!Present(node)) return absl::OkStatus();
+  LP_RETURN_IF_ERROR(CheckMap(node, "parallel"));
+  parallel->given = true;
+  LP_ASSIGN_OR_RETURN(int64_t tp,
+                      IntegerOr(node["tp"], "parallel.tp", 1, 1,
+                                "a positive integer (ranks per tensor-parallel group)"));
+  // dp absent: the job's world size / tp (checked when the job starts).
+  LP_ASSIGN_OR_RETURN(int64_t dp, IntegerOr(node["dp"], "parallel.dp", 0, 1,
+                                            "a positive integer (data-parallel replicas)"));
+  if (tp > 1024 || dp > 1024) return Error("parallel", "dp and tp are at most 1024");
+  LP_ASSIGN_OR_RETURN(
+      int64_t zero, IntegerOr(node["zero"], "parallel.zero", 0, 0, "0 (off) or 1 (ZeRO stage 1)"));
+  if (zero > 1) {
+    return Error("parallel.zero",
+                 absl::StrCat(zero, ": only stage 1 (optimizer state sharded) is implemented"));
+  }
+  parallel->tp = static_cast<int>(tp);
+  parallel->dp = static_cast<int>(dp);
+  parallel->zero1 = zero == 1;
+  if (tp > 1 && (job.trainable.mode == TrainableConfig::Mode::kLora ||
+                 job.trainable.mode == TrainableConfig::Mode::kMoe)) {
+    return Error("parallel.tp", "tensor parallelism does not support 'trainable: lora' or 'moe'");
+  }
+  if (dp > 0 && job.batch.global_sequences % (dp * job.batch.micro_batch) != 0) {
+    return Error("parallel.dp",
+                 absl::StrCat(job.batch.global_sequences, " sequences per step do not split into ",
+                              dp, " replicas of whole micro-batches of ", job.batch.micro_batch));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status Parser::ParseRuntime(const YAML::Node& root, JobConfig* job) const {
   // Device first: it decides which precisions are possible.
   if (const YAML::Node device = root["device"]; Present(device)) {
@@ -850,6 +888,7 @@ absl::StatusOr<JobConfig> Parser::Parse(const YAML::Node& root) const {
   LP_RETURN_IF_ERROR(ParseSchedule(root["schedule"], job, &job.schedule));
   LP_RETURN_IF_ERROR(ParseEval(root["eval"], job.data.mixture, &job.eval));
   LP_RETURN_IF_ERROR(ParseCheckpoint(root["checkpoint"], &job.checkpoint));
+  LP_RETURN_IF_ERROR(ParseParallel(root["parallel"], job, &job.parallel));
   LP_RETURN_IF_ERROR(ParseRuntime(root, &job));
   return job;
 }

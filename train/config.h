@@ -99,6 +99,16 @@ struct CheckpointConfig {
   int64_t keep = 3;      // Checkpoints kept (the newest); >= 1.
 };
 
+// The device mesh of a training job (`parallel:`; docs/config.md#parallel):
+// world size = dp * tp ranks; TP rank r % tp of replica r / tp. Absent: tp 1
+// and dp = the job's world size.
+struct ParallelConfig {
+  int dp = 0;  // 0: not given (the world size / tp).
+  int tp = 1;
+  bool zero1 = false;  // Shard optimizer state over the dp group (ZeRO stage 1).
+  bool given = false;  // `parallel:` was in the config.
+};
+
 enum class Precision { kFp32, kBf16 };
 absl::string_view PrecisionName(Precision precision);  // "fp32", "bf16".
 
@@ -118,6 +128,7 @@ struct JobConfig {
   int64_t tokens = 0;  // `tokens` as written; 0 when `steps` was given.
   EvalConfig eval;
   CheckpointConfig checkpoint;
+  ParallelConfig parallel;
   Precision precision = Precision::kFp32;
   std::string device = "cpu";  // Only "cpu" is accepted today.
   int threads = 0;             // Worker threads; 0 = all cores.

@@ -4,6 +4,9 @@
 #include <cmath>
 #include <cstdio>
 #include <fstream>
+#include <map>
+#include <memory>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -18,6 +21,7 @@
 #include "nlohmann/json.hpp"
 #include "train/checkpoint.h"
 #include "train/schedule.h"
+#include "train/zero.h"
 
 namespace llamapro {
 namespace {
@@ -154,6 +158,109 @@ class GradientBucket {
   std::vector<float> flat_;
 };
 
+// The global gradient norm when tensors are split (tensor parallelism,
+// ZeRO-1): every rank's sum of squares of what it holds, tensors that every
+// TP rank holds whole counted by TP rank 0 alone, summed over `group`.
+absl::StatusOr<double> SplitGradNorm(const std::vector<Parameter*>& held, bool count_whole,
+                                     Communicator& group) {
+  double sum = 0;
+  for (const Parameter* p : held) {
+    if (p->split_dim < 0 && !count_whole) continue;
+    for (float g : p->grad) sum += static_cast<double>(g) * g;
+  }
+  LP_RETURN_IF_ERROR(group.AllReduceSum(&sum, 1));
+  return std::sqrt(sum);
+}
+
+// ClipGradNorm's rule for a norm computed elsewhere.
+void ClipToNorm(const std::vector<Parameter*>& params, double norm, double max_norm) {
+  if (max_norm <= 0) return;
+  const double factor = max_norm / (norm + 1e-6);
+  if (factor < 1) ScaleGradients(params, static_cast<float>(factor));
+}
+
+// The trainable tensors and their optimizer state, whole, on rank 0: what
+// the checkpoint writer needs, gathered from TP slices and ZeRO-1 pieces.
+struct GatheredModel {
+  LlamaParams params;  // Trainable tensors only; frozen slots are empty.
+  std::unique_ptr<Optimizer> optimizer;
+};
+
+// Collective over the job (every rank calls it); nullopt except on rank 0.
+absl::StatusOr<std::optional<GatheredModel>> GatherForCheckpoint(
+    LlamaParams& params, const Optimizer& optimizer, ZeroShards* zero,
+    const OptimizerConfig& optimizer_config, MeshCoordinates at, Communicator& tp_comm,
+    Communicator& dp_comm) {
+  std::vector<Parameter*> trainable = params.Trainable();
+  // Each state tensor of each trainable tensor, this TP rank's slice, whole
+  // over the DP group; named "<kind>.<tensor>".
+  std::vector<std::pair<std::string, std::vector<float>>> states;
+  const auto tensors = optimizer.StateTensors();
+  if (zero != nullptr) {
+    const size_t pieces = zero->piece_tensors().size();
+    const size_t kinds = pieces == 0 ? 0 : tensors.size() / pieces;
+    for (size_t k = 0; k < kinds; ++k) {
+      std::vector<const std::vector<float>*> per_piece;
+      for (size_t i = 0; i < pieces; ++i) per_piece.push_back(tensors[i * kinds + k].second);
+      const std::string& first = tensors[k].first;
+      const std::string kind = first.substr(0, first.find('.'));
+      std::vector<std::vector<float>> per_tensor;
+      LP_RETURN_IF_ERROR(zero->GatherPerTensor(dp_comm, per_piece, &per_tensor));
+      for (size_t i = 0; i < trainable.size(); ++i) {
+        states.emplace_back(absl::StrCat(kind, ".", trainable[i]->name), std::move(per_tensor[i]));
+      }
+    }
+  } else {
+    for (const auto& [name, values] : tensors) states.emplace_back(name, *values);
+  }
+  if (at.dp_rank != 0) return std::nullopt;
+
+  // Whole tensors from the TP ranks' slices.
+  const int tp = tp_comm.world_size();
+  auto whole = [&](const Parameter& p,
+                   const std::vector<float>& local) -> absl::StatusOr<std::vector<float>> {
+    if (p.split_dim < 0 || tp == 1) return local;
+    std::vector<float> all(local.size() * tp);
+    LP_RETURN_IF_ERROR(
+        tp_comm.AllGather(local.data(), all.data(), std::vector<size_t>(tp, local.size())));
+    std::vector<float> full(static_cast<size_t>(p.FullElements()));
+    Parameter slice;
+    slice.shape = p.shape;
+    slice.full_shape = p.FullShape();
+    slice.split_dim = p.split_dim;
+    for (int k = 0; k < tp; ++k) {
+      slice.split_begin = p.shape[p.split_dim] * k;
+      PlaceSlice(slice, all.data() + k * local.size(), full.data());
+    }
+    return full;
+  };
+  GatheredModel gathered;
+  gathered.params.config = params.config;
+  gathered.params.blocks.resize(params.blocks.size());
+  const std::vector<Parameter*> from = params.Slots(), to = gathered.params.Slots();
+  std::map<std::string, Parameter*> by_name;
+  for (size_t i = 0; i < from.size(); ++i) {
+    to[i]->name = from[i]->name;
+    to[i]->shape = from[i]->FullShape();
+    to[i]->source_dtype = from[i]->source_dtype;
+    to[i]->decay = from[i]->decay;
+    if (!from[i]->trainable) continue;
+    LP_ASSIGN_OR_RETURN(to[i]->value, whole(*from[i], from[i]->value));
+    to[i]->SetTrainable(true);
+    by_name[from[i]->name] = from[i];
+  }
+  LP_ASSIGN_OR_RETURN(gathered.optimizer,
+                      MakeOptimizer(optimizer_config, gathered.params.Trainable()));
+  for (const auto& [name, values] : states) {
+    const Parameter& p = *by_name.at(name.substr(name.find('.') + 1));
+    LP_ASSIGN_OR_RETURN(std::vector<float> full, whole(p, values));
+    LP_RETURN_IF_ERROR(gathered.optimizer->LoadStateTensor(name, full));
+  }
+  gathered.optimizer->set_step(optimizer.step());
+  if (at.tp_rank != 0) return std::nullopt;
+  return gathered;
+}
+
 class MetricsLog {
  public:
   explicit MetricsLog(const std::string& path) : out_(path, std::ios::app) {}
@@ -183,6 +290,40 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
   if (config.device != "cpu") {
     return ConfigError(config, "device", "only 'cpu' is available in this build");
   }
+  // The mesh: tp consecutive ranks per replica, dp replicas.
+  const int tp = config.parallel.tp;
+  if (world % tp != 0) {
+    return ConfigError(config, "parallel.tp",
+                       absl::StrCat(tp, " does not divide the job's ", world, " ranks"));
+  }
+  const int dp = world / tp;
+  if (config.parallel.dp > 0 && config.parallel.dp != dp) {
+    return ConfigError(config, "parallel",
+                       absl::StrCat("dp ", config.parallel.dp, " x tp ", tp, " = ",
+                                    config.parallel.dp * tp, " ranks, but the job runs on ", world,
+                                    " (set the job's world size to dp x tp)"));
+  }
+  const MeshCoordinates at = MeshCoordinates::Of(rank, dp, tp);
+  LocalCommunicator local_tp;
+  Communicator* tp_comm = &local_tp;
+  Communicator* dp_comm = &comm;
+  if (tp > 1) {
+    if (options.tp_communicator == nullptr || options.dp_communicator == nullptr) {
+      return absl::FailedPreconditionError(
+          "tensor parallelism (parallel.tp > 1) needs the job's TP and DP group communicators: "
+          "run it on workers through the coordinator");
+    }
+    tp_comm = options.tp_communicator;
+    dp_comm = options.dp_communicator;
+    if (tp_comm->world_size() != tp || tp_comm->rank() != at.tp_rank ||
+        dp_comm->world_size() != dp || dp_comm->rank() != at.dp_rank) {
+      return absl::InternalError(absl::StrCat(
+          "rank ", rank, ": the group communicators do not match the dp ", dp, " x tp ", tp,
+          " mesh (TP rank ", tp_comm->rank(), " of ", tp_comm->world_size(), ", DP rank ",
+          dp_comm->rank(), " of ", dp_comm->world_size(), ")"));
+    }
+  }
+  const TensorParallel tensor_parallel{tp_comm, at.tp_rank, tp};
 
   // Where to start: the model, or the latest checkpoint of this run.
   std::string load_dir = config.model;
@@ -206,7 +347,10 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
   const std::string weights_dir = lora ? config.model : load_dir;
   LP_ASSIGN_OR_RETURN(LlamaConfig model_config, LoadLlamaConfig(weights_dir));
   LP_ASSIGN_OR_RETURN(auto reader, CheckpointReader::Open(weights_dir));
-  LP_ASSIGN_OR_RETURN(LlamaParams params, LoadLlamaParams(*reader, model_config));
+  if (const absl::Status split = CheckTensorParallel(model_config, tp); !split.ok()) {
+    return ConfigError(config, "parallel.tp", split.message());
+  }
+  LP_ASSIGN_OR_RETURN(LlamaParams params, LoadLlamaParams(*reader, model_config, {at.tp_rank, tp}));
   LP_ASSIGN_OR_RETURN(std::optional<ExpansionRecord> record,
                       LoadExpansionRecord(weights_dir, model_config.num_hidden_layers));
   LP_ASSIGN_OR_RETURN(TrainableSet trainable, ResolveTrainable(config, params, record));
@@ -246,12 +390,12 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
   LP_RETURN_IF_ERROR(CheckTokenizer(config, *data, model_config));
   const int64_t global = config.batch.global_sequences;
   const int64_t micro = config.batch.micro_batch;
-  if (global % (static_cast<int64_t>(world) * micro) != 0) {
+  if (global % (static_cast<int64_t>(dp) * micro) != 0) {
     return ConfigError(config, "batch",
-                       absl::StrCat(global, " sequences per step do not split into ", world,
-                                    " ranks of whole micro-batches of ", micro));
+                       absl::StrCat(global, " sequences per step do not split into ", dp,
+                                    " data-parallel ranks of whole micro-batches of ", micro));
   }
-  const int64_t local_sequences = global / world;
+  const int64_t local_sequences = global / dp;
   const int64_t width = config.data.seq_len + 1;
   TrainerState state;
   state.total_steps = config.steps;
@@ -295,14 +439,51 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
   SamplerOptions sampler_options{
       .mixture = config.data.mixture, .seq_len = config.data.seq_len, .seed = config.data.seed};
   std::vector<Parameter*> trainable_params = params.Trainable();
-  GradientBucket bucket(trainable_params);
-  LP_ASSIGN_OR_RETURN(auto optimizer, MakeOptimizer(config.optimizer, trainable_params));
+  // ZeRO-1: the optimizer steps this rank's pieces of the trainable tensors.
+  std::unique_ptr<ZeroShards> zero;
+  std::optional<GradientBucket> bucket;
+  if (config.parallel.zero1) {
+    int64_t elements = 0;
+    for (const Parameter* p : trainable_params) elements += p->NumElements();
+    if (elements < dp) {
+      return ConfigError(config, "parallel.zero",
+                         absl::StrCat(elements, " trainable values cannot be sharded over ", dp,
+                                      " data-parallel ranks"));
+    }
+    zero = std::make_unique<ZeroShards>(trainable_params, dp, at.dp_rank);
+  } else if (dp > 1) {
+    bucket.emplace(trainable_params);
+  }
+  LP_ASSIGN_OR_RETURN(auto optimizer,
+                      MakeOptimizer(config.optimizer, zero ? zero->pieces() : trainable_params));
   if (resumed) LP_RETURN_IF_ERROR(LoadOptimizerState(load_dir, &params, optimizer.get()));
-  ParallelTrainingPass pass(&params, micro, config.data.seq_len, config.threads);
+  if (zero) zero->LoadPieceValues();
+  ParallelTrainingPass pass(&params, micro, config.data.seq_len, config.threads,
+                            /*for_training=*/true, tensor_parallel);
 
   TrainPlan plan;
-  plan.total_parameters = params.TotalParameters();
-  plan.trainable_parameters = params.TrainableParameters();
+  for (const Parameter* p : params.All()) {
+    plan.total_parameters += p->FullElements();
+    if (p->trainable) plan.trainable_parameters += p->FullElements();
+  }
+  plan.rank_parameters = params.TotalParameters();
+  plan.dp = dp;
+  plan.tp = tp;
+  plan.zero1 = config.parallel.zero1;
+  plan.rank_plan = PlanParallel({.model = model_config,
+                                 .trainable_blocks = trainable.blocks,
+                                 .embeddings = trainable.embeddings,
+                                 .final_norm = trainable.final_norm,
+                                 .lm_head = trainable.lm_head && !model_config.tie_word_embeddings,
+                                 .seq_len = config.data.seq_len,
+                                 .micro_batch = micro,
+                                 .global_sequences = global,
+                                 .dp = dp,
+                                 .tp = tp,
+                                 .zero1 = config.parallel.zero1,
+                                 .optimizer_states = config.optimizer.name == "adamw" ? 2
+                                                     : config.optimizer.momentum > 0  ? 1
+                                                                                      : 0});
   std::vector<int64_t> blocks;
   for (size_t b = 0; b < trainable.blocks.size(); ++b) {
     if (trainable.blocks[b]) blocks.push_back(static_cast<int64_t>(b));
@@ -342,28 +523,42 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
   CheckpointWriteOptions checkpoint_options{.output_dir = config.output_dir,
                                             .keep = static_cast<int>(config.checkpoint.keep),
                                             .merge_lora = config.lora.merge};
+  // Called by every rank; rank 0 writes (the others return "").
   auto write_checkpoint = [&]() -> absl::StatusOr<std::string> {
-    LP_ASSIGN_OR_RETURN(std::string dir, WriteTrainingCheckpoint(checkpoint_options, state, params,
-                                                                 *optimizer, *reader));
+    std::optional<GatheredModel> gathered;
+    if (tp > 1 || zero) {
+      LP_ASSIGN_OR_RETURN(gathered, GatherForCheckpoint(params, *optimizer, zero.get(),
+                                                        config.optimizer, at, *tp_comm, *dp_comm));
+    }
+    if (!leader) return std::string();
+    LP_ASSIGN_OR_RETURN(
+        std::string dir,
+        WriteTrainingCheckpoint(checkpoint_options, state, gathered ? gathered->params : params,
+                                gathered ? *gathered->optimizer : *optimizer, *reader));
     if (options.on_checkpoint) options.on_checkpoint(dir);
     return dir;
   };
+  // Replica 0 evaluates (its TP ranks together); rank 0 reports.
   auto evaluate = [&]() -> absl::Status {
-    if (!leader) return comm.Barrier();
+    if (at.dp_rank != 0) return comm.Barrier();
     EvalReport report;
     report.step = state.step;
     nlohmann::ordered_json record = {{"step", state.step}};
     for (const std::string& corpus : config.eval.corpora) {
-      PerplexityOptions eval_options{
-          .seq_len = config.data.seq_len, .max_windows = config.eval.windows, .batch = micro};
+      PerplexityOptions eval_options{.seq_len = config.data.seq_len,
+                                     .max_windows = config.eval.windows,
+                                     .batch = micro,
+                                     .tp = tensor_parallel};
       LP_ASSIGN_OR_RETURN(PerplexityResult result,
                           HeldOutPerplexity(&params, *data, corpus, eval_options));
       record["eval"][corpus] = {
           {"nll", result.nll}, {"perplexity", result.perplexity}, {"targets", result.targets}};
       report.results.push_back(std::move(result));
     }
-    metrics.Write(record);
-    if (options.on_eval) options.on_eval(report);
+    if (leader) {
+      metrics.Write(record);
+      if (options.on_eval) options.on_eval(report);
+    }
     return comm.Barrier();
   };
 
@@ -382,7 +577,8 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
     }
     const auto step_start = Clock::now();
     // This rank's share of the global batch: every world-th sample.
-    LP_RETURN_IF_ERROR(data->ReadSamples(sampler_options, state.next_sample + rank, world,
+    // The TP ranks of a replica read the same samples.
+    LP_RETURN_IF_ERROR(data->ReadSamples(sampler_options, state.next_sample + at.dp_rank, dp,
                                          local_sequences, &samples));
     int64_t targets = 0;
     for (int64_t s = 0; s < local_sequences; ++s) {
@@ -391,7 +587,7 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
       std::copy(sample.loss_mask.begin(), sample.loss_mask.end(), mask.begin() + s * width);
       for (int64_t t = 1; t < width; ++t) targets += sample.loss_mask[t] != 0 ? 1 : 0;
     }
-    LP_RETURN_IF_ERROR(comm.AllReduceSum(&targets, 1));
+    LP_RETURN_IF_ERROR(dp_comm->AllReduceSum(&targets, 1));
     ZeroGradients(trainable_params);
     const float scale = targets > 0 ? 1.0f / static_cast<float>(targets) : 0.0f;
     double loss = 0;
@@ -404,15 +600,28 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
                                std::span<const uint8_t>(mask).subspan(offset, size), scale));
       loss += sum.loss;
     }
-    if (world > 1) {
-      LP_RETURN_IF_ERROR(comm.AllReduceSum(&loss, 1));
-      LP_RETURN_IF_ERROR(bucket.AllReduce(comm));
+    // Every TP rank of a replica has the same loss sum.
+    if (dp > 1) LP_RETURN_IF_ERROR(dp_comm->AllReduceSum(&loss, 1));
+    double grad_norm = 0;
+    const double clip = config.optimizer.clip_grad_norm;
+    if (zero) {
+      LP_RETURN_IF_ERROR(zero->ReduceScatterGradients(*dp_comm));
+      const std::vector<Parameter*> pieces = zero->pieces();
+      LP_ASSIGN_OR_RETURN(grad_norm, SplitGradNorm(pieces, at.tp_rank == 0, comm));
+      ClipToNorm(pieces, grad_norm, clip);
+    } else {
+      if (bucket) LP_RETURN_IF_ERROR(bucket->AllReduce(*dp_comm));
+      if (tp > 1) {
+        LP_ASSIGN_OR_RETURN(grad_norm, SplitGradNorm(trainable_params, at.tp_rank == 0, *tp_comm));
+        ClipToNorm(trainable_params, grad_norm, clip);
+      } else {
+        grad_norm =
+            clip > 0 ? ClipGradNorm(trainable_params, clip) : GlobalGradNorm(trainable_params);
+      }
     }
-    const double grad_norm = config.optimizer.clip_grad_norm > 0
-                                 ? ClipGradNorm(trainable_params, config.optimizer.clip_grad_norm)
-                                 : GlobalGradNorm(trainable_params);
     const double lr = LearningRate(config.schedule, state.step, config.steps);
     optimizer->Step(lr);
+    if (zero) LP_RETURN_IF_ERROR(zero->AllGatherValues(*dp_comm));
     ++state.step;
     state.next_sample += global;
     state.tokens += global * config.data.seq_len;
@@ -454,9 +663,8 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
     const bool interval =
         config.checkpoint.interval > 0 && state.step % config.checkpoint.interval == 0;
     if (interval || state.step == stop_at) {
-      if (leader) {
-        LP_ASSIGN_OR_RETURN(summary.last_checkpoint, write_checkpoint());
-      }
+      LP_ASSIGN_OR_RETURN(std::string written, write_checkpoint());
+      if (leader) summary.last_checkpoint = written;
       LP_RETURN_IF_ERROR(comm.Barrier());
     }
   }

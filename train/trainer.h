@@ -21,6 +21,7 @@
 #include "model/llama_train.h"
 #include "train/communicator.h"
 #include "train/config.h"
+#include "train/parallel_plan.h"
 
 namespace llamapro {
 
@@ -55,6 +56,14 @@ struct TrainPlan {
   std::string resumed_from;
   std::string blas;  // The GEMM library in use.
   int shards = 1;    // Threads each micro-batch is split over.
+  // The mesh (parallel:) and this rank's share: parameters it holds, and
+  // the planner's bytes and communication per step (train/parallel_plan.h).
+  // optimizer_state_bytes and activation_bytes above are this rank's, as
+  // allocated.
+  int dp = 1, tp = 1;
+  bool zero1 = false;
+  int64_t rank_parameters = 0;
+  ParallelPlan rank_plan;
 };
 
 struct TrainOptions {
@@ -67,6 +76,10 @@ struct TrainOptions {
   // Data parallelism: the ranks of one job, each running RunTraining with the
   // same config. Null: a single local rank.
   Communicator* communicator = nullptr;
+  // Tensor parallelism (parallel.tp > 1): this rank's TP and DP group
+  // communicators (MakeGlooMesh). Unused, and may be null, when tp is 1.
+  Communicator* tp_communicator = nullptr;
+  Communicator* dp_communicator = nullptr;
   // Where samples come from. Null: the token store named by data.store.
   DataSource* data = nullptr;
   // Set by another thread to stop at the next step boundary (every rank
@@ -83,8 +96,12 @@ struct TrainSummary {
   double tokens_per_second = 0;  // Mean over the steps of this invocation.
 };
 
-// With several ranks, rank 0 alone writes checkpoints and metrics and runs
-// evaluations; every rank must run with the same config and resume flag.
+// With several ranks, rank 0 alone writes checkpoints and metrics; the ranks
+// of replica 0 run evaluations (its TP group together); every rank must run
+// with the same config and resume flag. Under tensor parallelism or ZeRO-1
+// the trainable tensors and their optimizer state are gathered onto rank 0
+// for each checkpoint, which is then an ordinary one: any dp and tp resume
+// from it.
 // Errors name the config key, file or corpus at fault: a model without
 // llamapro.json under `trainable: expanded`, layers out of range, a corpus
 // missing from the store, a store tokenized with another tokenizer than the

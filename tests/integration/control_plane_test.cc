@@ -30,6 +30,7 @@
 #include "llamapro/v1/workers.grpc.pb.h"
 #include "model/checkpoint.h"
 #include "model/expand.h"
+#include "model/safetensors.h"
 #include "rpc/rpc.h"
 #include "tests/testing/data_util.h"
 #include "tests/testing/test_util.h"
@@ -413,6 +414,118 @@ TEST_F(ControlPlaneTest, PipelineRunsAndWorldSize2MatchesWorldSize1) {
   EXPECT_LT(MaxRelativeDifference(Latest("runs/dp1"), Latest("runs/dp2")), 1e-5);
   // Not trivially so: training moved the new blocks.
   EXPECT_GT(MaxRelativeDifference(data_ + "/models/pro", Latest("runs/dp2")), 1e-3);
+}
+
+// A training job on the mesh `parallel` (e.g. "{dp: 2, tp: 2, zero: 1}"),
+// everything trainable (the vocabulary-parallel embedding and lm_head train
+// too), SGD at a constant rate (see PipelineRuns... on Adam), evaluating
+// 4 held-out windows every 5 steps.
+v1::JobSpec MeshRun(const std::string& model, const std::string& out, int world_size, int steps,
+                    const std::string& parallel) {
+  v1::JobSpec spec;
+  spec.set_kind(v1::JOB_KIND_PRETRAIN);
+  spec.set_world_size(world_size);
+  spec.set_train_config_yaml(
+      absl::StrCat("model: ", model, "\noutput_dir: ", out,
+                   "\ndata: {mixture: {docs: 1}, seq_len: 32, seed: 3}\ntrainable: all\n"
+                   "optimizer: {name: sgd, lr: 0.1, clip_grad_norm: 1.0}\n"
+                   "schedule: {warmup_steps: 0, decay: constant}\n"
+                   "batch: {sequences: 8, micro_batch: 2}\nsteps: ",
+                   steps, "\ncheckpoint: {interval: 5, keep: 100}\nthreads: 1\n",
+                   "eval: {corpora: [docs], interval: 5, windows: 4}\n",
+                   parallel.empty() ? "" : absl::StrCat("parallel: ", parallel, "\n")));
+  return spec;
+}
+
+// Tensor and data parallelism over worker processes (Gloo on loopback):
+// every mesh reaches the weights of one rank with the same global batch;
+// ZeRO-1 on and off agree; a TP run's checkpoint loads with the plain
+// single-process loader and scores what the TP run itself measured.
+TEST_F(ControlPlaneTest, TensorAndDataParallelMeshesMatchOneRank) {
+  StartCoordinator();
+  for (const char* name : {"w0", "w1", "w2", "w3"}) StartWorker(name);
+  WaitForIdleWorkers(4);
+  struct Run {
+    const char* out;
+    int world;
+    const char* parallel;
+  };
+  const Run runs[] = {{"runs/tp1dp1", 1, ""},
+                      {"runs/tp2dp1", 2, "{dp: 1, tp: 2}"},
+                      {"runs/tp1dp2", 2, "{dp: 2, tp: 1}"},
+                      {"runs/tp1dp2zero", 2, "{dp: 2, tp: 1, zero: 1}"},
+                      {"runs/tp2dp2zero", 4, "{dp: 2, tp: 2, zero: 1}"},
+                      {"runs/tp2dp2", 4, "{tp: 2}"}};
+  std::vector<v1::Job> jobs;
+  for (const Run& run : runs) {
+    jobs.push_back(Submit(MeshRun("models/base", run.out, run.world, 10, run.parallel)));
+  }
+  v1::JobSpec eval;
+  eval.set_kind(v1::JOB_KIND_EVAL);
+  eval.add_depends_on(jobs[1].id());
+  eval.mutable_eval()->set_model("runs/tp2dp1");
+  eval.mutable_eval()->add_corpora("docs");
+  eval.mutable_eval()->set_seq_len(32);
+  eval.mutable_eval()->set_windows(4);
+  const v1::Job score = Submit(eval);
+  for (const v1::Job& job : jobs) {
+    const v1::Job done = WaitDone(job.id());
+    ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.id() << ": " << done.message();
+    EXPECT_EQ(done.progress().step(), 10);
+  }
+  const std::string one = Latest("runs/tp1dp1");
+  EXPECT_GT(MaxRelativeDifference(data_ + "/models/base", one), 1e-3);  // Training moved it.
+  for (size_t i = 1; i < std::size(runs); ++i) {
+    EXPECT_LT(MaxRelativeDifference(one, Latest(runs[i].out)), 1e-5) << runs[i].out;
+  }
+  EXPECT_LT(MaxRelativeDifference(Latest("runs/tp1dp2"), Latest("runs/tp1dp2zero")), 1e-6);
+  EXPECT_LT(MaxRelativeDifference(Latest("runs/tp2dp2"), Latest("runs/tp2dp2zero")), 1e-6);
+  // The optimizer state was gathered whole as well.
+  auto state = SafetensorsFile::Open(Latest("runs/tp2dp2zero") + "/optimizer.safetensors");
+  ASSERT_TRUE(state.ok()) << state.status();
+  auto reference = SafetensorsFile::Open(one + "/optimizer.safetensors");
+  ASSERT_TRUE(reference.ok());
+  EXPECT_EQ((*state)->tensors().size(), (*reference)->tensors().size());
+  // TP groups: two of them, each on one host (every worker here is on this one).
+  EXPECT_THAT(Get(jobs[5].id()).message() + testing::ReadBytes(dir_.Join("logs/coordinator.log")),
+              HasSubstr("tensor-parallel groups of 2, each on one host"));
+
+  const v1::Job scored = WaitDone(score.id());
+  ASSERT_EQ(scored.state(), v1::JOB_STATE_SUCCEEDED) << scored.message();
+  const double measured = Get(jobs[1].id()).progress().perplexity().at("docs");
+  EXPECT_NEAR(scored.result().at("docs"), measured, 1e-5 * measured);
+}
+
+// A data-parallel run stopped at step 5 continues on one rank (a new job
+// with resume: true) exactly as a one-rank run of 10 steps goes.
+TEST_F(ControlPlaneTest, ResumingADataParallelRunOnOneRankContinuesExactly) {
+  StartCoordinator();
+  StartWorker("w0");
+  StartWorker("w1");
+  WaitForIdleWorkers(2);
+  const v1::Job first = Submit(MeshRun("models/base", "runs/moved", 2, 5, "{dp: 2}"));
+  ASSERT_EQ(WaitDone(first.id()).state(), v1::JOB_STATE_SUCCEEDED);
+  v1::JobSpec rest = MeshRun("models/base", "runs/moved", 1, 10, "");
+  rest.set_resume(true);
+  const v1::Job second = Submit(rest);
+  const v1::Job reference = Submit(MeshRun("models/base", "runs/straight", 1, 10, ""));
+  for (const v1::Job& job : {second, reference}) {
+    const v1::Job done = WaitDone(job.id());
+    ASSERT_EQ(done.state(), v1::JOB_STATE_SUCCEEDED) << done.message();
+    EXPECT_EQ(done.progress().step(), 10);
+  }
+  std::string logs;
+  for (const auto& w : workers_) logs += w->Log();
+  EXPECT_THAT(logs, HasSubstr("resuming from"));
+  EXPECT_TRUE(std::filesystem::exists(data_ + "/runs/moved/checkpoint-000005"));
+  EXPECT_LT(MaxRelativeDifference(Latest("runs/straight"), Latest("runs/moved")), 1e-5);
+  EXPECT_GT(MaxRelativeDifference(data_ + "/runs/moved/checkpoint-000005", Latest("runs/moved")),
+            1e-4);
+  // Without resume, the same output_dir is refused.
+  const v1::Job again = Submit(MeshRun("models/base", "runs/moved", 1, 12, ""));
+  const v1::Job refused = WaitDone(again.id());
+  EXPECT_EQ(refused.state(), v1::JOB_STATE_FAILED);
+  EXPECT_THAT(refused.message(), HasSubstr("--resume"));
 }
 
 // Starts a run, waits until it has written a checkpoint and gone on, then

@@ -362,7 +362,8 @@ TEST(JobConfigTest, UnknownKeysAreErrorsThatSuggestTheIntendedKey) {
   EXPECT_EQ(
       ErrorOf(Yaml({{"wandb", "{project: x}"}})),
       "job.yaml: wandb: unknown key; the top level takes model, output_dir, data, "
-      "trainable, lora, optimizer, schedule, batch, steps, tokens, eval, checkpoint, precision, "
+      "trainable, lora, optimizer, schedule, batch, steps, tokens, eval, checkpoint, parallel, "
+      "precision, "
       "device, threads, log_interval");
 }
 
