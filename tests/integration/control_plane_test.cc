@@ -497,8 +497,9 @@ TEST_F(ControlPlaneTest, TensorAndDataParallelMeshesMatchOneRank) {
 }
 
 // A data-parallel run stopped at step 5 continues on one rank (a new job
-// with resume: true) exactly as a one-rank run of 10 steps goes.
-TEST_F(ControlPlaneTest, ResumingADataParallelRunOnOneRankContinuesExactly) {
+// with resume: true), or on a tp 2 mesh, exactly as a one-rank run of 10
+// steps goes.
+TEST_F(ControlPlaneTest, ResumingADataParallelRunOnOneRankOrOnATpMeshContinuesExactly) {
   StartCoordinator();
   StartWorker("w0");
   StartWorker("w1");
@@ -521,6 +522,14 @@ TEST_F(ControlPlaneTest, ResumingADataParallelRunOnOneRankContinuesExactly) {
   EXPECT_LT(MaxRelativeDifference(Latest("runs/straight"), Latest("runs/moved")), 1e-5);
   EXPECT_GT(MaxRelativeDifference(data_ + "/runs/moved/checkpoint-000005", Latest("runs/moved")),
             1e-4);
+  // And on a tp 2 mesh: the optimizer state is sliced from the whole tensors.
+  const v1::Job split = Submit(MeshRun("models/base", "runs/split", 2, 5, "{dp: 2}"));
+  ASSERT_EQ(WaitDone(split.id()).state(), v1::JOB_STATE_SUCCEEDED);
+  v1::JobSpec on_tp = MeshRun("models/base", "runs/split", 2, 10, "{tp: 2}");
+  on_tp.set_resume(true);
+  const v1::Job resumed_on_tp = WaitDone(Submit(on_tp).id());
+  ASSERT_EQ(resumed_on_tp.state(), v1::JOB_STATE_SUCCEEDED) << resumed_on_tp.message();
+  EXPECT_LT(MaxRelativeDifference(Latest("runs/straight"), Latest("runs/split")), 1e-5);
   // Without resume, the same output_dir is refused.
   const v1::Job again = Submit(MeshRun("models/base", "runs/moved", 1, 12, ""));
   const v1::Job refused = WaitDone(again.id());

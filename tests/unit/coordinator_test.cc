@@ -83,7 +83,7 @@ class FakeWorker {
     v1::RegisterRequest request;
     request.set_name(name_);
     request.set_device("cpu");
-    request.set_host("test");
+    request.set_host(host);
     request.set_pid(1);
     request.set_running_job_id(running_job);
     request.set_running_attempt(attempt);
@@ -124,8 +124,9 @@ class FakeWorker {
   const std::string& name() const { return name_; }
   const std::string& id() const { return id_; }
 
-  double peak_flops = 0;  // Sent by Register.
-  v1::Progress progress;  // Sent by RUNNING heartbeats (step, total, loss set on top).
+  double peak_flops = 0;      // Sent by Register.
+  std::string host = "test";  // Sent by Register.
+  v1::Progress progress;      // Sent by RUNNING heartbeats (step, total, loss set on top).
 
  private:
   v1::WorkerService::Stub* stub_;
@@ -430,6 +431,57 @@ TEST_F(CoordinatorTest, GangSchedulingStartsEveryRankTogether) {
   EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_RUNNING);
   b.Beat(v1::TASK_STATUS_SUCCEEDED, job.id(), 1);
   EXPECT_EQ(Get(job.id()).state(), v1::JOB_STATE_SUCCEEDED);
+}
+
+// parallel: {tp: 2}: each TP group (consecutive ranks) on one host when the
+// idle workers allow, in name order otherwise, saying which.
+TEST_F(CoordinatorTest, TensorParallelGroupsArePlacedOnOneHostEach) {
+  v1::JobSpec spec = PretrainSpec("run", 4);
+  spec.set_train_config_yaml(spec.train_config_yaml() + "parallel: {tp: 2}\n");
+  std::vector<std::unique_ptr<FakeWorker>> fleet;
+  for (const char* name : {"a", "b", "c", "d"}) {
+    fleet.push_back(std::make_unique<FakeWorker>(workers_.get(), name));
+    fleet.back()->host = fleet.size() % 2 == 1 ? "h1" : "h2";
+    fleet.back()->Register();
+  }
+  v1::Job job = Submit(spec);
+  for (auto& w : fleet) w->Beat();
+  v1::Job running = Get(job.id());
+  ASSERT_EQ(running.state(), v1::JOB_STATE_RUNNING);
+  // a and c are on h1, b and d on h2.
+  EXPECT_THAT(running.workers(), ::testing::ElementsAre("a", "c", "b", "d"));
+  EXPECT_THAT(running.message(), HasSubstr("2 tensor-parallel groups of 2, each on one host"));
+  for (auto& w : fleet) w->Beat(v1::TASK_STATUS_SUCCEEDED, job.id(), 1);
+  ASSERT_EQ(Get(job.id()).state(), v1::JOB_STATE_SUCCEEDED);
+
+  // world_size must be a multiple of tp, and equal dp x tp when dp is given.
+  v1::JobSpec odd = PretrainSpec("run3", 3);
+  odd.set_train_config_yaml(odd.train_config_yaml() + "parallel: {tp: 2}\n");
+  EXPECT_THAT(TrySubmit(odd).error_message(),
+              HasSubstr("parallel.tp: 2 does not divide the job's world_size (3)"));
+  v1::JobSpec mismatch = PretrainSpec("run3", 2);
+  mismatch.set_train_config_yaml(mismatch.train_config_yaml() + "parallel: {dp: 2, tp: 2}\n");
+  EXPECT_THAT(TrySubmit(mismatch).error_message(),
+              HasSubstr("spec.world_size: is 2 but parallel: dp 2 x tp 2 needs 4 ranks"));
+}
+
+TEST_F(CoordinatorTest, ATensorParallelGroupThatMustSpanHostsStartsAndSaysSo) {
+  v1::JobSpec spec = PretrainSpec("run", 2);
+  spec.set_train_config_yaml(spec.train_config_yaml() + "parallel: {tp: 2}\n");
+  FakeWorker a(workers_.get(), "a"), b(workers_.get(), "b");
+  a.host = "h1";
+  b.host = "h2";
+  a.Register();
+  b.Register();
+  v1::Job job = Submit(spec);
+  a.Beat();
+  b.Beat();
+  v1::Job running = Get(job.id());
+  ASSERT_EQ(running.state(), v1::JOB_STATE_RUNNING);
+  EXPECT_THAT(running.workers(), ::testing::ElementsAre("a", "b"));
+  EXPECT_THAT(running.message(),
+              HasSubstr("tensor-parallel groups of 2 span hosts: no placement puts every group "
+                        "on one host; idle workers per host: h1: 1, h2: 1"));
 }
 
 TEST_F(CoordinatorTest, LostWorkerAbortsTheAttemptOnEveryRankAndTheJobResumes) {
