@@ -40,18 +40,7 @@ int Main(int argc, char** argv) {
   app.add_option("--device-gib", device_gib, "Device memory for the 'fits' column");
   CLI11_PARSE(app, argc, argv);
 
-  ParallelPlanInput in;
-  in.model.vocab_size = 32000;
-  in.model.hidden_size = 4096;
-  in.model.intermediate_size = 11008;
-  in.model.num_hidden_layers = 40;
-  in.model.num_attention_heads = 32;
-  in.model.num_key_value_heads = 32;
-  in.model.head_dim = 128;
-  in.model.max_position_embeddings = 4096;
-  // Interleaved expansion 32 -> 40: blocks 4, 9, ..., 39 are the new ones.
-  in.trainable_blocks.assign(40, false);
-  for (int b = 4; b < 40; b += 5) in.trainable_blocks[b] = true;
+  ParallelPlanInput in = LlamaPro7BPlanInput();
   in.seq_len = seq_len;
   in.micro_batch = micro;
   in.global_sequences = sequences;

@@ -102,6 +102,25 @@ ParallelPlan PlanParallel(const ParallelPlanInput& in) {
   return plan;
 }
 
+ParallelPlanInput LlamaPro7BPlanInput() {
+  ParallelPlanInput in;
+  in.model.vocab_size = 32000;
+  in.model.hidden_size = 4096;
+  in.model.intermediate_size = 11008;
+  in.model.num_hidden_layers = 40;
+  in.model.num_attention_heads = 32;
+  in.model.num_key_value_heads = 32;
+  in.model.head_dim = 128;
+  in.model.max_position_embeddings = 4096;
+  in.trainable_blocks.assign(40, false);
+  for (int b = 4; b < 40; b += 5) in.trainable_blocks[b] = true;
+  in.seq_len = 4096;
+  in.micro_batch = 1;
+  in.global_sequences = 1024;
+  in.backend = ParallelPlanInput::Backend::kCudaMixed;
+  return in;
+}
+
 std::string DescribePlan(const ParallelPlan& plan) {
   return absl::StrCat(
       "weights ", FormatBytes(plan.weight_bytes), ", gradients ", FormatBytes(plan.gradient_bytes),

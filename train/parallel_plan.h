@@ -53,6 +53,11 @@ struct ParallelPlan {
 
 ParallelPlan PlanParallel(const ParallelPlanInput& in);
 
+// The paper's configuration: LLaMA-2-7B shapes expanded 32 -> 40 blocks
+// (interleaved, a new block after every 4: blocks 4, 9, ..., 39 train), seq
+// 4096, micro-batch 1, 1024 sequences per step, the CUDA design; dp 1, tp 1.
+ParallelPlanInput LlamaPro7BPlanInput();
+
 // "12.3 GiB"-style one-line summary of a plan, for logs.
 std::string DescribePlan(const ParallelPlan& plan);
 

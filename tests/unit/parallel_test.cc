@@ -291,20 +291,8 @@ TEST(ParallelPlanTest, ActivationBytesMatchTheTrainingPass) {
 }
 
 TEST(ParallelPlanTest, ZeroShardsOptimizerStateAndTpSplitsWeights) {
-  ParallelPlanInput in;
-  in.model.vocab_size = 32000;
-  in.model.hidden_size = 4096;
-  in.model.intermediate_size = 11008;
-  in.model.num_hidden_layers = 40;
-  in.model.num_attention_heads = 32;
-  in.model.num_key_value_heads = 32;
-  in.model.head_dim = 128;
-  in.trainable_blocks.assign(40, false);
-  for (int b = 4; b < 40; b += 5) in.trainable_blocks[b] = true;
-  in.seq_len = 4096;
-  in.micro_batch = 1;
+  ParallelPlanInput in = LlamaPro7BPlanInput();
   in.global_sequences = 8;
-  in.backend = ParallelPlanInput::Backend::kCudaMixed;
   in.dp = 8;
   const ParallelPlan base = PlanParallel(in);
   // 40 blocks of 202,383,360 + embeddings and head of 131,072,000 each.
