@@ -356,7 +356,10 @@ absl::Status LoadOptimizerState(const std::string& checkpoint_dir, LlamaParams* 
     }
     // "<kind>.<tensor name>" (kinds have no dot).
     const size_t dot = t.name.find('.');
-    auto it = dot == std::string::npos ? optimized.end() : optimized.find(t.name.substr(dot + 1));
+    const std::string tensor = dot == std::string::npos ? "" : t.name.substr(dot + 1);
+    auto it = optimized.find(tensor);
+    // ZeRO-1: a trainable tensor none of whose values this rank updates.
+    if (it == optimized.end() && trainable.count(tensor) > 0) continue;
     if (it != optimized.end()) LP_RETURN_IF_ERROR(held(*it->second, t));
     LP_RETURN_IF_ERROR(optimizer->LoadStateTensor(t.name, values));
   }

@@ -182,7 +182,9 @@ void ClipToNorm(const std::vector<Parameter*>& params, double norm, double max_n
 // The trainable tensors and their optimizer state, whole, on rank 0: what
 // the checkpoint writer needs, gathered from TP slices and ZeRO-1 pieces.
 struct GatheredModel {
-  LlamaParams params;  // Trainable tensors only; frozen slots are empty.
+  // Trainable tensors only; frozen slots are empty. On the heap: the
+  // optimizer points into it, and a GatheredModel is moved.
+  std::unique_ptr<LlamaParams> params = std::make_unique<LlamaParams>();
   std::unique_ptr<Optimizer> optimizer;
 };
 
@@ -235,9 +237,9 @@ absl::StatusOr<std::optional<GatheredModel>> GatherForCheckpoint(
     return full;
   };
   GatheredModel gathered;
-  gathered.params.config = params.config;
-  gathered.params.blocks.resize(params.blocks.size());
-  const std::vector<Parameter*> from = params.Slots(), to = gathered.params.Slots();
+  gathered.params->config = params.config;
+  gathered.params->blocks.resize(params.blocks.size());
+  const std::vector<Parameter*> from = params.Slots(), to = gathered.params->Slots();
   std::map<std::string, Parameter*> by_name;
   for (size_t i = 0; i < from.size(); ++i) {
     to[i]->name = from[i]->name;
@@ -250,7 +252,7 @@ absl::StatusOr<std::optional<GatheredModel>> GatherForCheckpoint(
     by_name[from[i]->name] = from[i];
   }
   LP_ASSIGN_OR_RETURN(gathered.optimizer,
-                      MakeOptimizer(optimizer_config, gathered.params.Trainable()));
+                      MakeOptimizer(optimizer_config, gathered.params->Trainable()));
   for (const auto& [name, values] : states) {
     const Parameter& p = *by_name.at(name.substr(name.find('.') + 1));
     LP_ASSIGN_OR_RETURN(std::vector<float> full, whole(p, values));
@@ -533,7 +535,7 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
     if (!leader) return std::string();
     LP_ASSIGN_OR_RETURN(
         std::string dir,
-        WriteTrainingCheckpoint(checkpoint_options, state, gathered ? gathered->params : params,
+        WriteTrainingCheckpoint(checkpoint_options, state, gathered ? *gathered->params : params,
                                 gathered ? *gathered->optimizer : *optimizer, *reader));
     if (options.on_checkpoint) options.on_checkpoint(dir);
     return dir;
