@@ -136,25 +136,36 @@ TEST(TensorParallelTest, SplitsThatDoNotDivideAreRefusedByName) {
   EXPECT_THAT(std::string(CheckTensorParallel(config, 4).message()), HasSubstr("vocab_size (98)"));
 }
 
+// What trains in a TP pass test: everything, or only block 1 (frozen-aware:
+// block 0 is never differentiated, block 1 computes no input gradient).
+enum class Trains { kAll, kBlock1 };
+
 // The pass on tp = 2 ranks against one rank: loss (the vocabulary-parallel
-// cross-entropy), evaluation loss and every gradient, with everything
-// trainable (embedding and lm_head vocabulary-parallel, norms whole).
-TEST(TensorParallelTest, TwoRankPassEqualsTheUnshardedPass) {
+// cross-entropy), evaluation loss and every gradient.
+void ExpectTwoRankPassEqualsTheUnshardedPass(bool tied, Trains trains) {
   testing::ScratchDir dir;
-  testing::WriteCheckpoint(TpSpec(), dir.Join("model"));
+  SynthSpec spec = TpSpec();
+  spec.tie_word_embeddings = tied;
+  testing::WriteCheckpoint(spec, dir.Join("model"));
   const int64_t batch = 2, seq_len = 12;
   std::vector<int32_t> tokens;
   std::vector<uint8_t> mask;
   const LlamaConfig config = testing::LoadParams(dir.Join("model")).config;
   RandomBatch(batch, seq_len, config.vocab_size, &tokens, &mask);
 
-  auto all_trainable = [](LlamaParams* p) {
-    for (Parameter* t : p->All()) t->SetTrainable(true);
+  auto set_trainable = [&](LlamaParams* p) {
+    if (trains == Trains::kAll) {
+      for (Parameter* t : p->All()) t->SetTrainable(true);
+      return;
+    }
+    TrainableSet set;
+    set.blocks = {false, true, false};
+    ASSERT_TRUE(ApplyTrainableSet(set, p).ok());
   };
   PassResult reference;
   {
     LlamaParams params = testing::LoadParams(dir.Join("model"));
-    all_trainable(&params);
+    set_trainable(&params);
     TrainingPass pass(&params, batch, seq_len);
     auto loss = pass.ForwardBackward(tokens, mask, 0.05f);
     ASSERT_TRUE(loss.ok()) << loss.status();
@@ -170,7 +181,7 @@ TEST(TensorParallelTest, TwoRankPassEqualsTheUnshardedPass) {
     auto params = LoadLlamaParams(**reader, config, {rank, 2});
     ASSERT_TRUE(params.ok()) << params.status();
     shards[rank] = std::move(*params);
-    all_trainable(&shards[rank]);
+    set_trainable(&shards[rank]);
     TrainingPass pass(&shards[rank], batch, seq_len, true, false, {&comm, rank, 2});
     auto loss = pass.ForwardBackward(tokens, mask, 0.05f);
     ASSERT_TRUE(loss.ok()) << loss.status();
@@ -184,18 +195,35 @@ TEST(TensorParallelTest, TwoRankPassEqualsTheUnshardedPass) {
     EXPECT_NEAR(ranks[rank].eval_loss, reference.eval_loss, 1e-5 * reference.eval_loss);
   }
   EXPECT_EQ(ranks[0].loss, ranks[1].loss);  // Every rank computes the same bits.
-  // Each rank's gradient is its slice of the unsharded gradient.
-  int split = 0;
+  // Each rank's gradient is its slice of the unsharded gradient; frozen
+  // slices have none.
+  int split = 0, trainable = 0;
   for (int rank = 0; rank < 2; ++rank) {
     for (Parameter* p : shards[rank].All()) {
       const std::vector<float>& whole = reference.grads.at(p->name);
+      ASSERT_EQ(p->grad.empty(), whole.empty()) << p->name;
+      if (whole.empty()) continue;
       std::vector<float> expected(p->grad.size());
       ExtractSlice(*p, whole.data(), expected.data());
       EXPECT_LT(RelativeError(p->grad, expected), 1e-5) << p->name << " on rank " << rank;
       split += p->split_dim >= 0;
+      ++trainable;
     }
   }
-  EXPECT_GT(split, 10);
+  EXPECT_GT(split, trains == Trains::kAll ? 10 : 4);
+  EXPECT_GT(trainable, 0);
+}
+
+TEST(TensorParallelTest, TwoRankPassEqualsTheUnshardedPass) {
+  ExpectTwoRankPassEqualsTheUnshardedPass(/*tied=*/false, Trains::kAll);
+}
+
+TEST(TensorParallelTest, TwoRankPassWithTiedEmbeddingsEqualsTheUnshardedPass) {
+  ExpectTwoRankPassEqualsTheUnshardedPass(/*tied=*/true, Trains::kAll);
+}
+
+TEST(TensorParallelTest, TwoRankPassTrainingOneBlockEqualsTheUnshardedPass) {
+  ExpectTwoRankPassEqualsTheUnshardedPass(/*tied=*/false, Trains::kBlock1);
 }
 
 TEST(ZeroShardsTest, PiecesCoverEveryTrainableValueOnceAndRoundTrip) {
