@@ -1,3 +1,4 @@
+#include "kernels/cuda/bf16.cuh"
 #include "kernels/cuda/cast.cuh"
 
 namespace llamapro::cuda {
@@ -9,7 +10,7 @@ __global__ void BF16ToF32Kernel(const uint16_t* __restrict__ src, float* __restr
                                 int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    dst[i] = __uint_as_float(static_cast<uint32_t>(src[i]) << 16);
+    dst[i] = BF16ToF32(src[i]);
   }
 }
 
@@ -17,12 +18,7 @@ __global__ void F32ToBF16Kernel(const float* __restrict__ src, uint16_t* __restr
                                 int64_t n) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    uint32_t u = __float_as_uint(src[i]);
-    if ((u & 0x7fffffffu) > 0x7f800000u) {
-      dst[i] = static_cast<uint16_t>((u >> 16) | 0x40u);
-    } else {
-      dst[i] = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    }
+    dst[i] = F32ToBF16(src[i]);
   }
 }
 

@@ -6,8 +6,26 @@
 #include <cuda_runtime_api.h>
 
 #include <string>
+#include <utility>
 
 namespace llamapro::cuda {
+
+// Outcome of a host-side CUDA library call sequence: ok, or a message naming
+// the call that failed and why. (The CUDA code cannot use absl::Status: test
+// binaries built here must run on a GPU machine without Abseil's shared
+// libraries.) Cheap to copy when ok.
+class [[nodiscard]] CudaStatus {
+ public:
+  CudaStatus() = default;  // ok
+  static CudaStatus Error(std::string message) { return CudaStatus(std::move(message)); }
+  bool ok() const { return ok_; }
+  const std::string& message() const { return message_; }  // Empty when ok.
+
+ private:
+  explicit CudaStatus(std::string message) : ok_(false), message_(std::move(message)) {}
+  bool ok_ = true;
+  std::string message_;
+};
 
 // Number of usable CUDA devices; 0 when there is no driver or no device (any
 // error from the runtime counts as "no device"). Thread-safe.
