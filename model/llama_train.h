@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "base/communicator.h"
+#include "base/collectives.h"
 #include "base/parallel.h"
 #include "model/llama_params.h"
 

@@ -1,6 +1,6 @@
 // How the ranks of a job find each other and connect: rendezvous stores and
 // the Gloo communicator. The Communicator interface itself is in
-// base/communicator.h.
+// base/collectives.h.
 #ifndef LLAMAPRO_TRAIN_COMMUNICATOR_H_
 #define LLAMAPRO_TRAIN_COMMUNICATOR_H_
 
@@ -13,7 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "base/communicator.h"
+#include "base/collectives.h"
 
 namespace llamapro {
 

@@ -14,7 +14,7 @@
 //   AllGatherValues         the updated ranges copied back into every rank's
 //                           tensors.
 // The updates are elementwise, and the sums are the same bits as the
-// all-reduce without ZeRO (base/communicator.h), so ZeRO-1 on and off
+// all-reduce without ZeRO (base/collectives.h), so ZeRO-1 on and off
 // compute the same weights; only the global norm for clipping is summed in
 // another order.
 #ifndef LLAMAPRO_TRAIN_ZERO_H_
@@ -26,7 +26,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "base/communicator.h"
+#include "base/collectives.h"
 #include "model/parameters.h"
 
 namespace llamapro {

@@ -5,8 +5,8 @@
 // it as well as the trainer. Every rank of a group calls the same
 // collectives in the same order. Results are deterministic for a given group
 // size (a fixed reduction order) and every rank receives the same bits.
-#ifndef LLAMAPRO_BASE_COMMUNICATOR_H_
-#define LLAMAPRO_BASE_COMMUNICATOR_H_
+#ifndef LLAMAPRO_BASE_COLLECTIVES_H_
+#define LLAMAPRO_BASE_COLLECTIVES_H_
 
 #include <cstdint>
 #include <cstring>
@@ -69,4 +69,4 @@ struct MeshCoordinates {
 
 }  // namespace llamapro
 
-#endif  // LLAMAPRO_BASE_COMMUNICATOR_H_
+#endif  // LLAMAPRO_BASE_COLLECTIVES_H_
