@@ -26,6 +26,28 @@ std::string DeviceDescription(int index) {
          std::to_string(prop.minor) + ", " + memory + ")";
 }
 
+double PeakBf16FlopsForName(const std::string& name) {
+  auto has = [&](const char* part) { return name.find(part) != std::string::npos; };
+  if (has("H200") || has("GH200")) return 989.4e12;
+  if (has("H100") || has("H800")) {
+    if (has("PCIe") || has("PCIE")) return 756e12;
+    if (has("NVL")) return 835e12;
+    return 989.4e12;  // SXM (HBM3).
+  }
+  if (has("A100") || has("A800")) return 312e12;
+  if (has("L40S")) return 362e12;
+  return 0;
+}
+
+double PeakBf16Flops(int index) {
+  cudaDeviceProp prop;
+  if (cudaGetDeviceProperties(&prop, index) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return PeakBf16FlopsForName(prop.name);
+}
+
 std::string CudaErrorMessage(cudaError_t err, const char* expr, const char* file, int line) {
   return std::string(expr) + " failed at " + file + ":" + std::to_string(line) + ": " +
          cudaGetErrorString(err);

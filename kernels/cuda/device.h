@@ -34,6 +34,13 @@ int DeviceCount();
 // "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" for device `index`, or the error.
 std::string DeviceDescription(int index);
 
+// Dense bf16 tensor-core peak FLOP/s of a GPU by its name (cudaDeviceProp::
+// name): H100 SXM / H200 989.4e12, H100 PCIe 756e12, H100 NVL 835e12, A100
+// 312e12, L40S 362e12; 0 when the name is not known. The denominator of MFU.
+double PeakBf16FlopsForName(const std::string& name);
+// The same for device `index` (0 when it cannot be queried).
+double PeakBf16Flops(int index);
+
 // "<expr> failed at file:line: <cudaGetErrorString>" for a failed call.
 std::string CudaErrorMessage(cudaError_t err, const char* expr, const char* file, int line);
 

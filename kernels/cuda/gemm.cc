@@ -1,11 +1,84 @@
 #include "kernels/cuda/gemm.h"
 
 #include <cublasLt.h>
+#include <dlfcn.h>
 
 #include <string>
+#include <type_traits>
 #include <utility>
 
 namespace llamapro::cuda {
+namespace {
+
+// cuBLASLt, loaded with dlopen at the first Gemm::Create rather than linked:
+// its 94 KiB of static thread-local storage, added to every thread's stack,
+// made pthread_create fail (EINVAL) for libraries that create threads with
+// small fixed stacks (civetweb, behind the worker's /metrics), and a binary
+// built with CUDA then also starts on machines without the CUDA libraries.
+struct CublasLtApi {
+  decltype(&::cublasLtCreate) Create = nullptr;
+  decltype(&::cublasLtDestroy) Destroy = nullptr;
+  decltype(&::cublasLtGetStatusName) GetStatusName = nullptr;
+  decltype(&::cublasLtGetStatusString) GetStatusString = nullptr;
+  decltype(&::cublasLtMatmul) Matmul = nullptr;
+  decltype(&::cublasLtMatmulAlgoGetHeuristic) MatmulAlgoGetHeuristic = nullptr;
+  decltype(&::cublasLtMatmulDescCreate) MatmulDescCreate = nullptr;
+  decltype(&::cublasLtMatmulDescDestroy) MatmulDescDestroy = nullptr;
+  decltype(&::cublasLtMatmulDescSetAttribute) MatmulDescSetAttribute = nullptr;
+  decltype(&::cublasLtMatmulPreferenceCreate) MatmulPreferenceCreate = nullptr;
+  decltype(&::cublasLtMatmulPreferenceDestroy) MatmulPreferenceDestroy = nullptr;
+  decltype(&::cublasLtMatmulPreferenceSetAttribute) MatmulPreferenceSetAttribute = nullptr;
+  decltype(&::cublasLtMatrixLayoutCreate) MatrixLayoutCreate = nullptr;
+  decltype(&::cublasLtMatrixLayoutDestroy) MatrixLayoutDestroy = nullptr;
+};
+
+const CublasLtApi* LoadCublasLt(std::string* error) {
+  static std::string load_error;
+  static const CublasLtApi* const kApi = []() -> const CublasLtApi* {
+    void* library = nullptr;
+    for (const char* name : {"libcublasLt.so.13", "libcublasLt.so"}) {
+      if ((library = dlopen(name, RTLD_NOW | RTLD_LOCAL)) != nullptr) break;
+    }
+    if (library == nullptr) {
+      const char* why = dlerror();
+      load_error = std::string("cannot load cuBLASLt (libcublasLt.so.13): ") +
+                   (why != nullptr ? why : "not found") +
+                   " (install the CUDA 13 cuBLAS libraries or add them to LD_LIBRARY_PATH)";
+      return nullptr;
+    }
+    auto* loaded = new CublasLtApi();
+    auto load = [&](auto* slot, const char* symbol) {
+      *slot = reinterpret_cast<std::remove_pointer_t<decltype(slot)>>(dlsym(library, symbol));
+      if (*slot == nullptr) load_error = std::string("libcublasLt.so.13 has no ") + symbol;
+      return *slot != nullptr;
+    };
+    if (!(load(&loaded->Create, "cublasLtCreate") && load(&loaded->Destroy, "cublasLtDestroy") &&
+          load(&loaded->GetStatusName, "cublasLtGetStatusName") &&
+          load(&loaded->GetStatusString, "cublasLtGetStatusString") &&
+          load(&loaded->Matmul, "cublasLtMatmul") &&
+          load(&loaded->MatmulAlgoGetHeuristic, "cublasLtMatmulAlgoGetHeuristic") &&
+          load(&loaded->MatmulDescCreate, "cublasLtMatmulDescCreate") &&
+          load(&loaded->MatmulDescDestroy, "cublasLtMatmulDescDestroy") &&
+          load(&loaded->MatmulDescSetAttribute, "cublasLtMatmulDescSetAttribute") &&
+          load(&loaded->MatmulPreferenceCreate, "cublasLtMatmulPreferenceCreate") &&
+          load(&loaded->MatmulPreferenceDestroy, "cublasLtMatmulPreferenceDestroy") &&
+          load(&loaded->MatmulPreferenceSetAttribute, "cublasLtMatmulPreferenceSetAttribute") &&
+          load(&loaded->MatrixLayoutCreate, "cublasLtMatrixLayoutCreate") &&
+          load(&loaded->MatrixLayoutDestroy, "cublasLtMatrixLayoutDestroy"))) {
+      delete loaded;
+      return nullptr;
+    }
+    return loaded;
+  }();
+  if (kApi == nullptr && error != nullptr) *error = load_error;
+  return kApi;
+}
+
+// The loaded API; only called once Gemm::Create has loaded it.
+const CublasLtApi& Lt() { return *LoadCublasLt(nullptr); }
+
+}  // namespace
+
 namespace {
 
 std::string Describe(const GemmArgs& args) {
@@ -18,7 +91,7 @@ std::string Describe(const GemmArgs& args) {
 
 std::string CublasMessage(cublasStatus_t status, const char* expr, const char* file, int line) {
   return std::string(expr) + " failed at " + file + ":" + std::to_string(line) + ": " +
-         cublasLtGetStatusName(status) + " (" + cublasLtGetStatusString(status) + ")";
+         Lt().GetStatusName(status) + " (" + Lt().GetStatusString(status) + ")";
 }
 
 // The largest power of two (at most 256) dividing the address: cuBLASLt's
@@ -63,17 +136,19 @@ struct Gemm::CachedPlan {
   // Destruction errors have no one to report to; the descriptors are host
   // memory.
   ~CachedPlan() {
-    if (c != nullptr) cublasLtMatrixLayoutDestroy(c);
-    if (b != nullptr) cublasLtMatrixLayoutDestroy(b);
-    if (a != nullptr) cublasLtMatrixLayoutDestroy(a);
-    if (operation != nullptr) cublasLtMatmulDescDestroy(operation);
+    if (c != nullptr) Lt().MatrixLayoutDestroy(c);
+    if (b != nullptr) Lt().MatrixLayoutDestroy(b);
+    if (a != nullptr) Lt().MatrixLayoutDestroy(a);
+    if (operation != nullptr) Lt().MatmulDescDestroy(operation);
   }
 };
 
 CudaStatus Gemm::Create(size_t workspace_bytes, std::unique_ptr<Gemm>* gemm) {
+  std::string load_error;
+  if (LoadCublasLt(&load_error) == nullptr) return CudaStatus::Error(load_error);
   std::unique_ptr<Gemm> created(new Gemm());
   cublasLtHandle_t handle = nullptr;
-  LP_CUBLASLT_RETURN_IF_ERROR(cublasLtCreate(&handle));
+  LP_CUBLASLT_RETURN_IF_ERROR(Lt().Create(&handle));
   created->handle_ = handle;
   if (workspace_bytes > 0) {
     LP_CUDA_RETURN_IF_ERROR(cudaMalloc(&created->workspace_, workspace_bytes));
@@ -86,7 +161,7 @@ CudaStatus Gemm::Create(size_t workspace_bytes, std::unique_ptr<Gemm>* gemm) {
 Gemm::~Gemm() {
   plans_.clear();
   if (workspace_ != nullptr) cudaFree(workspace_);
-  if (handle_ != nullptr) cublasLtDestroy(static_cast<cublasLtHandle_t>(handle_));
+  if (handle_ != nullptr) Lt().Destroy(static_cast<cublasLtHandle_t>(handle_));
 }
 
 CudaStatus Gemm::Plan(const GemmArgs& args) {
@@ -119,12 +194,12 @@ CudaStatus Gemm::FindPlan(const GemmArgs& args, const CachedPlan** plan) {
   auto created = std::make_unique<CachedPlan>();
   const cudaDataType_t c_type = args.c_type == GemmOutput::kF32 ? CUDA_R_32F : CUDA_R_16BF;
   LP_CUBLASLT_RETURN_IF_ERROR(
-      cublasLtMatmulDescCreate(&created->operation, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+      Lt().MatmulDescCreate(&created->operation, CUBLAS_COMPUTE_32F, CUDA_R_32F));
   const cublasOperation_t op_a = args.trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
   const cublasOperation_t op_b = args.trans_a ? CUBLAS_OP_T : CUBLAS_OP_N;
-  LP_CUBLASLT_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+  LP_CUBLASLT_RETURN_IF_ERROR(Lt().MatmulDescSetAttribute(
       created->operation, CUBLASLT_MATMUL_DESC_TRANSA, &op_a, sizeof(op_a)));
-  LP_CUBLASLT_RETURN_IF_ERROR(cublasLtMatmulDescSetAttribute(
+  LP_CUBLASLT_RETURN_IF_ERROR(Lt().MatmulDescSetAttribute(
       created->operation, CUBLASLT_MATMUL_DESC_TRANSB, &op_b, sizeof(op_b)));
   // Stored (before op) column-major shapes: our B is [k, n] row-major, i.e.
   // [n, k] column-major ([k, n] with trans_b); our A is [k, m] column-major
@@ -134,37 +209,37 @@ CudaStatus Gemm::FindPlan(const GemmArgs& args, const CachedPlan** plan) {
   const uint64_t b_rows = args.trans_a ? args.m : args.k;
   const uint64_t b_cols = args.trans_a ? args.k : args.m;
   LP_CUBLASLT_RETURN_IF_ERROR(
-      cublasLtMatrixLayoutCreate(&created->a, CUDA_R_16BF, a_rows, a_cols, args.ldb));
+      Lt().MatrixLayoutCreate(&created->a, CUDA_R_16BF, a_rows, a_cols, args.ldb));
   LP_CUBLASLT_RETURN_IF_ERROR(
-      cublasLtMatrixLayoutCreate(&created->b, CUDA_R_16BF, b_rows, b_cols, args.lda));
-  LP_CUBLASLT_RETURN_IF_ERROR(cublasLtMatrixLayoutCreate(
+      Lt().MatrixLayoutCreate(&created->b, CUDA_R_16BF, b_rows, b_cols, args.lda));
+  LP_CUBLASLT_RETURN_IF_ERROR(Lt().MatrixLayoutCreate(
       &created->c, c_type, static_cast<uint64_t>(args.n), static_cast<uint64_t>(args.m), args.ldc));
 
   cublasLtMatmulPreference_t preference = nullptr;
-  LP_CUBLASLT_RETURN_IF_ERROR(cublasLtMatmulPreferenceCreate(&preference));
+  LP_CUBLASLT_RETURN_IF_ERROR(Lt().MatmulPreferenceCreate(&preference));
   // Released on every path below.
   struct PreferenceGuard {
     cublasLtMatmulPreference_t p;
-    ~PreferenceGuard() { cublasLtMatmulPreferenceDestroy(p); }
+    ~PreferenceGuard() { Lt().MatmulPreferenceDestroy(p); }
   } guard{preference};
   const uint64_t workspace = workspace_bytes_;
-  LP_CUBLASLT_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+  LP_CUBLASLT_RETURN_IF_ERROR(Lt().MatmulPreferenceSetAttribute(
       preference, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &workspace, sizeof(workspace)));
   const uint32_t align_a = static_cast<uint32_t>(std::get<10>(key));  // cuBLASLt's A: our B.
   const uint32_t align_b = static_cast<uint32_t>(std::get<9>(key));
   const uint32_t align_c = static_cast<uint32_t>(std::get<11>(key));
-  LP_CUBLASLT_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+  LP_CUBLASLT_RETURN_IF_ERROR(Lt().MatmulPreferenceSetAttribute(
       preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &align_a, sizeof(align_a)));
-  LP_CUBLASLT_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+  LP_CUBLASLT_RETURN_IF_ERROR(Lt().MatmulPreferenceSetAttribute(
       preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &align_b, sizeof(align_b)));
-  LP_CUBLASLT_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+  LP_CUBLASLT_RETURN_IF_ERROR(Lt().MatmulPreferenceSetAttribute(
       preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &align_c, sizeof(align_c)));
-  LP_CUBLASLT_RETURN_IF_ERROR(cublasLtMatmulPreferenceSetAttribute(
+  LP_CUBLASLT_RETURN_IF_ERROR(Lt().MatmulPreferenceSetAttribute(
       preference, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &align_c, sizeof(align_c)));
 
   cublasLtMatmulHeuristicResult_t result{};
   int returned = 0;
-  LP_CUBLASLT_RETURN_IF_ERROR(cublasLtMatmulAlgoGetHeuristic(
+  LP_CUBLASLT_RETURN_IF_ERROR(Lt().MatmulAlgoGetHeuristic(
       static_cast<cublasLtHandle_t>(handle_), created->operation, created->a, created->b,
       created->c, created->c, preference, 1, &result, &returned));
   if (returned == 0 || result.state != CUBLAS_STATUS_SUCCESS) {
@@ -184,9 +259,9 @@ CudaStatus Gemm::Run(const GemmArgs& args, cudaStream_t stream) {
   if (CudaStatus status = FindPlan(args, &plan); !status.ok()) return status;
   // cuBLASLt's A is our B and its B our A (see FindPlan).
   const cublasStatus_t status =
-      cublasLtMatmul(static_cast<cublasLtHandle_t>(handle_), plan->operation, &args.alpha, args.b,
-                     plan->a, args.a, plan->b, &args.beta, args.c, plan->c, args.c, plan->c,
-                     &plan->algo, workspace_, workspace_bytes_, stream);
+      Lt().Matmul(static_cast<cublasLtHandle_t>(handle_), plan->operation, &args.alpha, args.b,
+                  plan->a, args.a, plan->b, &args.beta, args.c, plan->c, args.c, plan->c,
+                  &plan->algo, workspace_, workspace_bytes_, stream);
   if (status != CUBLAS_STATUS_SUCCESS) {
     return CudaStatus::Error(CublasMessage(status, "cublasLtMatmul", __FILE__, __LINE__) + " for " +
                              Describe(args));

@@ -1,5 +1,5 @@
 // CUDA conformance of the pointwise and row ops (embedding, RMSNorm, RoPE,
-// SiLU-gated multiply, cross-entropy), forward and backward, against the CPU
+// SiLU-gated multiply, cross-entropy, bias, add), forward and backward, against the CPU
 // references of kernels/cpu/reference*.h run in double on the same
 // bf16-rounded inputs. Outputs are poisoned with NaN before each run, so an
 // unwritten element fails. Skipped where no CUDA device is usable.
@@ -13,6 +13,8 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/reference.h"
 #include "kernels/cpu/reference_backward.h"
+#include "kernels/cuda/add.cuh"
+#include "kernels/cuda/bias.cuh"
 #include "kernels/cuda/cross_entropy.cuh"
 #include "kernels/cuda/embedding.cuh"
 #include "kernels/cuda/rmsnorm.cuh"
@@ -254,6 +256,69 @@ TEST_F(CudaOpsTest, CrossEntropyLossAndInPlaceGradientMatchTheReference) {
   }
 }
 
+TEST_F(CudaOpsTest, BiasForwardSetsOrAddsTheBiasToEveryRow) {
+  const int64_t n = 37, c = 300;
+  std::mt19937 rng(19);
+  const std::vector<uint16_t> y = RandomBF16(n * c, &rng);
+  const std::vector<uint16_t> bias = RandomBF16(c, &rng);
+  DeviceBuffer<uint16_t> d_bias(bias);
+  DeviceBuffer<uint16_t> d_y(n * c);  // Poisoned: overwrite must write every element.
+  ASSERT_EQ(cuda::BiasForward(d_bias.get(), d_y.get(), n, c, /*accumulate=*/false, nullptr),
+            cudaSuccess);
+  std::vector<uint16_t> set(n * c), added(n * c);
+  for (int64_t r = 0; r < n; ++r) {
+    for (int64_t i = 0; i < c; ++i) {
+      set[r * c + i] = bias[i];
+      added[r * c + i] = FloatToBF16(BF16ToFloat(y[r * c + i]) + BF16ToFloat(bias[i]));
+    }
+  }
+  EXPECT_EQ(d_y.Download(), set);
+  d_y.Upload(y);
+  ASSERT_EQ(cuda::BiasForward(d_bias.get(), d_y.get(), n, c, /*accumulate=*/true, nullptr),
+            cudaSuccess);
+  EXPECT_EQ(d_y.Download(), added);  // One fp32 addition, rounded as on the CPU.
+}
+
+TEST_F(CudaOpsTest, BiasBackwardAccumulatesColumnSumsDeterministically) {
+  const int64_t n = 333, c = 270;  // Several row chunks, a partial column block.
+  std::mt19937 rng(20);
+  const std::vector<uint16_t> dy = RandomBF16(n * c, &rng);
+  const std::vector<float> initial = cuda_test::RandomF32(c, &rng, -1.0f, 1.0f);
+  DeviceBuffer<uint16_t> d_dy(dy);
+  DeviceBuffer<float> d_db(initial);
+  DeviceBuffer<float> d_scratch(cuda::BiasBackwardScratchSize(n, c));
+  ASSERT_EQ(cuda::BiasBackward(d_dy.get(), d_db.get(), n, c, d_scratch.get(), nullptr),
+            cudaSuccess);
+  std::vector<double> ref(c);
+  for (int64_t i = 0; i < c; ++i) {
+    double sum = 0;
+    for (int64_t r = 0; r < n; ++r) sum += BF16ToFloat(dy[r * c + i]);
+    ref[i] = initial[i] + sum;
+  }
+  const std::vector<float> first = d_db.Download();
+  EXPECT_TRUE(Close("bias backward", ToDouble(first), ref, kF32Tolerance));
+  d_db.Upload(initial);
+  ASSERT_EQ(cuda::BiasBackward(d_dy.get(), d_db.get(), n, c, d_scratch.get(), nullptr),
+            cudaSuccess);
+  EXPECT_EQ(d_db.Download(), first);  // Bit for bit, run to run.
+}
+
+TEST_F(CudaOpsTest, AddRoundsTheF32SumInPlace) {
+  const int64_t n = 100003;
+  std::mt19937 rng(21);
+  const std::vector<uint16_t> a = RandomBF16(n, &rng);
+  const std::vector<uint16_t> b = RandomBF16(n, &rng);
+  std::vector<uint16_t> ref(n);
+  for (int64_t i = 0; i < n; ++i) ref[i] = FloatToBF16(BF16ToFloat(a[i]) + BF16ToFloat(b[i]));
+  DeviceBuffer<uint16_t> d_a(a);
+  DeviceBuffer<uint16_t> d_b(b);
+  DeviceBuffer<uint16_t> d_out(n);
+  ASSERT_EQ(cuda::Add(d_a.get(), d_b.get(), d_out.get(), n, nullptr), cudaSuccess);
+  EXPECT_EQ(d_out.Download(), ref);
+  ASSERT_EQ(cuda::Add(d_a.get(), d_b.get(), d_a.get(), n, nullptr), cudaSuccess);  // out == a.
+  EXPECT_EQ(d_a.Download(), ref);
+}
+
 // Argument checks run before any CUDA call, so these hold without a device.
 TEST(CudaOpsArgumentsTest, InvalidSizesAreRejectedBeforeLaunch) {
   EXPECT_EQ(cuda::EmbeddingForward(nullptr, nullptr, nullptr, -1, 4, nullptr),
@@ -270,6 +335,13 @@ TEST(CudaOpsArgumentsTest, InvalidSizesAreRejectedBeforeLaunch) {
   EXPECT_EQ(
       cuda::CrossEntropyForwardBackward(nullptr, nullptr, nullptr, 1.0f, nullptr, 2, 0, nullptr),
       cudaErrorInvalidValue);
+  uint16_t bias = 0;
+  EXPECT_EQ(cuda::BiasForward(&bias, nullptr, 4, 0, false, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::BiasForward(nullptr, nullptr, 4, 8, true, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::BiasBackward(nullptr, &dw, 4, 8, nullptr, nullptr),
+            cudaErrorInvalidValue);  // No scratch.
+  EXPECT_EQ(cuda::BiasBackward(nullptr, &dw, -1, 8, &dw, nullptr), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::Add(nullptr, nullptr, nullptr, -1, nullptr), cudaErrorInvalidValue);
 }
 
 }  // namespace
