@@ -52,8 +52,7 @@ void RunTrain(const TrainFlags& flags) {
                 static_cast<long long>(config->data.seq_len),
                 static_cast<long long>(config->batch.MicroBatchesPerStep()),
                 static_cast<long long>(config->batch.micro_batch));
-    std::printf("compute      CPU, %d thread%s per micro-batch; GEMMs: %s\n", plan.shards,
-                plan.shards == 1 ? "" : "s", plan.blas.c_str());
+    std::printf("compute      %s\n", DescribeCompute(plan).c_str());
     std::printf("planned      %s\n", DescribePlan(plan.rank_plan).c_str());
     if (plan.resumed) {
       std::printf("resuming     from %s at step %lld of %lld\n", plan.resumed_from.c_str(),

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "base/status_macros.h"
@@ -33,9 +34,12 @@ absl::StatusOr<PerplexityResult> HeldOutPerplexity(LlamaParams* params, DataSour
   result.corpus = corpus;
   result.windows = windows;
   const int64_t width = options.seq_len + 1;
-  const int64_t batch = std::min(options.batch, windows);
-  ParallelTrainingPass pass(params, batch, options.seq_len, options.threads,
-                            /*for_training=*/false, options.tp);
+  const int64_t batch = options.batch_evaluator ? options.batch : std::min(options.batch, windows);
+  std::unique_ptr<ParallelTrainingPass> pass;
+  if (!options.batch_evaluator) {
+    pass = std::make_unique<ParallelTrainingPass>(params, batch, options.seq_len, options.threads,
+                                                  /*for_training=*/false, options.tp);
+  }
   std::vector<int32_t> tokens(batch * width);
   std::vector<uint8_t> mask(batch * width);
   std::vector<Sample> samples;
@@ -54,7 +58,8 @@ absl::StatusOr<PerplexityResult> HeldOutPerplexity(LlamaParams* params, DataSour
         std::fill(mask.begin() + b * width, mask.begin() + (b + 1) * width, 0);
       }
     }
-    LP_ASSIGN_OR_RETURN(LossSum sum, pass.Evaluate(tokens, mask));
+    LP_ASSIGN_OR_RETURN(
+        LossSum sum, pass ? pass->Evaluate(tokens, mask) : options.batch_evaluator(tokens, mask));
     loss += sum.loss;
     result.targets += sum.targets;
   }

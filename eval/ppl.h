@@ -4,6 +4,8 @@
 #define LLAMAPRO_EVAL_PPL_H_
 
 #include <cstdint>
+#include <functional>
+#include <span>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -31,6 +33,12 @@ struct PerplexityOptions {
   // Tensor parallelism: every rank of the group calls with its slices of the
   // model (model/llama_train.h); each gets the same result.
   TensorParallel tp;
+  // Scores batches somewhere else (the CUDA backend's pass): called with
+  // exactly `batch` windows per call (a short last batch is padded with
+  // rows that count nothing) instead of running a CPU pass over `params`.
+  std::function<absl::StatusOr<LossSum>(std::span<const int32_t> tokens,
+                                        std::span<const uint8_t> mask)>
+      batch_evaluator;
 };
 
 // Runs the model (fp32, forward only) over the first windows of `corpus`'s

@@ -46,6 +46,50 @@ absl::string_view PrecisionName(Precision precision) {
   return precision == Precision::kBf16 ? "bf16" : "fp32";
 }
 
+absl::StatusOr<int> DeviceOrdinal(absl::string_view device) {
+  const std::string value = absl::AsciiStrToLower(device);
+  if (value == "cpu") return -1;
+  if (value == "cuda") return 0;
+  absl::string_view rest = value;
+  int ordinal = 0;
+  if (absl::ConsumePrefix(&rest, "cuda:") && !rest.empty() &&
+      std::all_of(rest.begin(), rest.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
+      absl::SimpleAtoi(rest, &ordinal)) {
+    return ordinal;
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("device must be cpu, cuda or cuda:N, got \"", device, "\""));
+}
+
+absl::Status SetDevice(JobConfig* job, absl::string_view device) {
+  auto error = [&](absl::string_view key, absl::string_view message) {
+    return absl::InvalidArgumentError(absl::StrCat(job->source, ": ", key, ": ", message));
+  };
+  absl::StatusOr<int> ordinal = DeviceOrdinal(device);
+  if (!ordinal.ok()) {
+    return error("device", absl::StrCat("must be cpu, cuda or cuda:N, got \"", device, "\""));
+  }
+  job->device = *ordinal < 0 ? "cpu" : absl::StrCat("cuda:", *ordinal);
+  const bool cuda = *ordinal >= 0;
+  if (!job->precision_given) job->precision = cuda ? Precision::kBf16 : Precision::kFp32;
+  if (!cuda && job->precision == Precision::kBf16) {
+    return error("precision", absl::StrCat("bf16 is the CUDA backend's; on device ", job->device,
+                                           " use fp32 (or leave precision out)"));
+  }
+  if (cuda && job->precision == Precision::kFp32) {
+    return error("precision",
+                 absl::StrCat("the CUDA backend trains in bf16 mixed precision (fp32 master "
+                              "weights, gradients and optimizer state); on device ",
+                              job->device, " use bf16 (or leave precision out)"));
+  }
+  if (!cuda && job->recompute != "none") {
+    return error("recompute", absl::StrCat(job->recompute,
+                                           " is the CUDA backend's (device: cuda:N); the CPU "
+                                           "engine keeps every activation: use none"));
+  }
+  return absl::OkStatus();
+}
+
 namespace {
 
 // --- The schema, for unknown-key suggestions -------------------------------------
@@ -59,8 +103,8 @@ const std::vector<Section>& Schema() {
   static const auto* const kSchema = new std::vector<Section>{
       {"",
        {"model", "output_dir", "data", "trainable", "lora", "optimizer", "schedule", "batch",
-        "steps", "tokens", "eval", "checkpoint", "parallel", "precision", "device", "threads",
-        "log_interval"}},
+        "steps", "tokens", "eval", "checkpoint", "parallel", "precision", "device", "recompute",
+        "threads", "log_interval"}},
       {"parallel", {"dp", "tp", "zero"}},
       {"lora", {"rank", "alpha", "dropout", "targets", "blocks", "export"}},
       {"data", {"store", "mixture", "seq_len", "seed"}},
@@ -840,27 +884,19 @@ absl::Status Parser::ParseParallel(const YAML::Node& node, const JobConfig& job,
 }
 
 absl::Status Parser::ParseRuntime(const YAML::Node& root, JobConfig* job) const {
-  // Device first: it decides which precisions are possible.
-  if (const YAML::Node device = root["device"]; Present(device)) {
-    LP_ASSIGN_OR_RETURN(std::string value, String(device, "device"));
-    value = absl::AsciiStrToLower(value);
-    absl::string_view rest = value;
-    int unused;
-    if (value == "cuda" ||
-        (absl::ConsumePrefix(&rest, "cuda:") && absl::SimpleAtoi(rest, &unused) && unused >= 0)) {
-      return Error("device", absl::StrCat(device.Scalar(),
-                                          ": the CUDA training backend is not built yet; use cpu"));
-    }
-    if (value != "cpu") return Got("device", "cpu or cuda:N", device);
-    job->device = value;
+  std::string device = "cpu";
+  if (const YAML::Node node = root["device"]; Present(node)) {
+    LP_ASSIGN_OR_RETURN(device, String(node, "device"));
+    if (!DeviceOrdinal(device).ok()) return Got("device", "cpu, cuda or cuda:N", node);
   }
   LP_ASSIGN_OR_RETURN(std::string precision,
                       ChoiceOr(root["precision"], "precision", "fp32", {"fp32", "bf16"}));
-  if (precision == "bf16") {
-    return Error("precision", absl::StrCat("bf16 is reserved for the CUDA backend; on device ",
-                                           job->device, " use fp32"));
-  }
-  job->precision = Precision::kFp32;
+  job->precision_given = Present(root["precision"]);
+  job->precision = precision == "bf16" ? Precision::kBf16 : Precision::kFp32;
+  LP_ASSIGN_OR_RETURN(job->recompute, ChoiceOr(root["recompute"], "recompute", "none",
+                                               {"none", "attention", "full"}));
+  // Precision and recompute depend on the device.
+  LP_RETURN_IF_ERROR(SetDevice(job, device));
   LP_ASSIGN_OR_RETURN(int64_t threads, IntegerOr(root["threads"], "threads", 0, 0,
                                                  "a non-negative integer (0 = all cores)"));
   if (threads > 65536) return Got("threads", "at most 65536", root["threads"]);

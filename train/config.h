@@ -129,11 +129,28 @@ struct JobConfig {
   EvalConfig eval;
   CheckpointConfig checkpoint;
   ParallelConfig parallel;
+  // The compute precision: fp32 on the CPU, bf16 mixed precision on CUDA
+  // (docs/config.md#device-and-precision). When `precision:` is absent it
+  // follows the device (SetDevice).
   Precision precision = Precision::kFp32;
-  std::string device = "cpu";  // Only "cpu" is accepted today.
-  int threads = 0;             // Worker threads; 0 = all cores.
-  int64_t log_interval = 1;    // Steps between progress lines / metrics records.
+  bool precision_given = false;
+  std::string device = "cpu";  // "cpu" or "cuda:N" (normalized; "cuda" is cuda:0).
+  // Activation recomputation of the CUDA backend: "none", "attention" or
+  // "full" (model/cuda_llama_train.h); only "none" on the CPU.
+  std::string recompute = "none";
+  int threads = 0;           // Worker threads; 0 = all cores.
+  int64_t log_interval = 1;  // Steps between progress lines / metrics records.
 };
+
+// The CUDA device ordinal `device` names: -1 for "cpu", N for "cuda:N" and
+// 0 for "cuda". InvalidArgument naming the value otherwise.
+absl::StatusOr<int> DeviceOrdinal(absl::string_view device);
+
+// Moves `job` to `device` (a worker's --device overrides the config's) and
+// checks what depends on it: precision defaults to fp32 on the CPU and bf16
+// on CUDA; an explicit precision or recompute the device cannot run is
+// refused, naming the key. Errors are prefixed with job->source.
+absl::Status SetDevice(JobConfig* job, absl::string_view device);
 
 // Parses and validates a job config. `source` names it in errors (usually
 // the file path). Relative paths (model, output_dir, data.store) are resolved

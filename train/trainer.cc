@@ -13,6 +13,7 @@
 #include "base/file.h"
 #include "base/sha256.h"
 #include "base/status_macros.h"
+#include "base/units.h"
 #include "data/sampler.h"
 #include "data/store.h"
 #include "data/tokenizer.h"
@@ -20,6 +21,9 @@
 #include "model/lineage.h"
 #include "nlohmann/json.hpp"
 #include "train/checkpoint.h"
+#ifdef LLAMAPRO_HAVE_CUDA
+#include "train/cuda_engine.h"
+#endif
 #include "train/schedule.h"
 #include "train/zero.h"
 
@@ -278,6 +282,15 @@ class MetricsLog {
 
 }  // namespace
 
+std::string DescribeCompute(const TrainPlan& plan) {
+  if (!plan.device.empty()) {
+    return absl::StrCat("CUDA ", plan.device, ", bf16 mixed precision, recompute ", plan.recompute,
+                        "; ", FormatBytes(plan.device_bytes), " allocated on the device");
+  }
+  return absl::StrCat("CPU, ", plan.shards, " thread", plan.shards == 1 ? "" : "s",
+                      " per micro-batch; GEMMs: ", plan.blas);
+}
+
 absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const TrainOptions& options) {
   const auto start = Clock::now();
   // `model` may name an earlier run's output dir (a pipeline: sft after
@@ -289,9 +302,21 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
   const int rank = comm.rank();
   const int world = comm.world_size();
   const bool leader = rank == 0;
-  if (config.device != "cpu") {
-    return ConfigError(config, "device", "only 'cpu' is available in this build");
+  // The device decides the backend (and re-checks precision and recompute).
+  LP_RETURN_IF_ERROR(SetDevice(&config, config.device));
+  LP_ASSIGN_OR_RETURN(const int cuda_device, DeviceOrdinal(config.device));
+  const bool on_cuda = cuda_device >= 0;
+#ifdef LLAMAPRO_HAVE_CUDA
+  if (on_cuda) LP_RETURN_IF_ERROR(CudaTrainingEngine::CheckSupported(config));
+#else
+  if (on_cuda) {
+    return ConfigError(
+        config, "device",
+        absl::StrCat(config.device,
+                     ": this build has no CUDA backend (build with "
+                     "-DLLAMAPRO_CUDA=ON where nvcc exists: docs/build.md); use cpu"));
   }
+#endif
   // The mesh: tp consecutive ranks per replica, dp replicas.
   const int tp = config.parallel.tp;
   if (world % tp != 0) {
@@ -453,15 +478,41 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
                                       " data-parallel ranks"));
     }
     zero = std::make_unique<ZeroShards>(trainable_params, dp, at.dp_rank);
-  } else if (dp > 1) {
+  } else if (dp > 1 && !on_cuda) {
     bucket.emplace(trainable_params);
   }
-  LP_ASSIGN_OR_RETURN(auto optimizer,
-                      MakeOptimizer(config.optimizer, zero ? zero->pieces() : trainable_params));
-  if (resumed) LP_RETURN_IF_ERROR(LoadOptimizerState(load_dir, &params, optimizer.get()));
-  if (zero) zero->LoadPieceValues();
-  ParallelTrainingPass pass(&params, micro, config.data.seq_len, config.threads,
-                            /*for_training=*/true, tensor_parallel);
+  // The CPU backend: an optimizer over host tensors and a threaded pass.
+  // The CUDA backend (engine): both on the device; a host optimizer exists
+  // only while a checkpoint is read or written.
+  std::unique_ptr<Optimizer> optimizer;
+  std::unique_ptr<ParallelTrainingPass> pass;
+#ifdef LLAMAPRO_HAVE_CUDA
+  std::unique_ptr<CudaTrainingEngine> engine;
+  if (on_cuda) {
+    LP_ASSIGN_OR_RETURN(Recompute recompute, ParseRecompute(config.recompute));
+    LP_ASSIGN_OR_RETURN(engine, CudaTrainingEngine::Create(&params, {.device = cuda_device,
+                                                                     .micro_batch = micro,
+                                                                     .seq_len = config.data.seq_len,
+                                                                     .recompute = recompute,
+                                                                     .optimizer = config.optimizer,
+                                                                     .nccl = options.nccl}));
+    if (resumed) {
+      LP_ASSIGN_OR_RETURN(std::unique_ptr<Optimizer> host,
+                          MakeOptimizer(config.optimizer, trainable_params));
+      LP_RETURN_IF_ERROR(LoadOptimizerState(load_dir, &params, host.get()));
+      LP_RETURN_IF_ERROR(engine->UploadOptimizerState(*host));
+    }
+  }
+#endif
+  if (!on_cuda) {
+    LP_ASSIGN_OR_RETURN(optimizer,
+                        MakeOptimizer(config.optimizer, zero ? zero->pieces() : trainable_params));
+    if (resumed) LP_RETURN_IF_ERROR(LoadOptimizerState(load_dir, &params, optimizer.get()));
+    if (zero) zero->LoadPieceValues();
+    pass =
+        std::make_unique<ParallelTrainingPass>(&params, micro, config.data.seq_len, config.threads,
+                                               /*for_training=*/true, tensor_parallel);
+  }
 
   TrainPlan plan;
   for (const Parameter* p : params.All()) {
@@ -485,7 +536,9 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
                                  .zero1 = config.parallel.zero1,
                                  .optimizer_states = config.optimizer.name == "adamw" ? 2
                                                      : config.optimizer.momentum > 0  ? 1
-                                                                                      : 0});
+                                                                                      : 0,
+                                 .backend = on_cuda ? ParallelPlanInput::Backend::kCudaMixed
+                                                    : ParallelPlanInput::Backend::kCpu});
   std::vector<int64_t> blocks;
   for (size_t b = 0; b < trainable.blocks.size(); ++b) {
     if (trainable.blocks[b]) blocks.push_back(static_cast<int64_t>(b));
@@ -505,15 +558,27 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
   if (trainable.lm_head && !model_config.tie_word_embeddings) {
     plan.trainable_blocks.push_back("lm_head");
   }
-  plan.optimizer_state_bytes = optimizer->StateBytes();
-  plan.activation_bytes = pass.ActivationBytes();
-  plan.flops_per_token = pass.flops_per_token();
+  if (pass) {
+    plan.optimizer_state_bytes = optimizer->StateBytes();
+    plan.activation_bytes = pass->ActivationBytes();
+    plan.flops_per_token = pass->flops_per_token();
+    plan.blas = cpu::BlasDescription();
+    plan.shards = pass->shards();
+  }
+#ifdef LLAMAPRO_HAVE_CUDA
+  if (engine) {
+    plan.optimizer_state_bytes = engine->optimizer_state_bytes();
+    plan.activation_bytes = static_cast<uint64_t>(engine->pass().memory().activation_bytes);
+    plan.flops_per_token = engine->pass().flops_per_token();
+    plan.device = engine->device_description();
+    plan.device_bytes = engine->pass().memory().total() + engine->optimizer_state_bytes();
+    plan.recompute = config.recompute;
+  }
+#endif
   plan.start_step = state.step;
   plan.total_steps = config.steps;
   plan.resumed = resumed.has_value();
   plan.resumed_from = resumed ? load_dir : "";
-  plan.blas = cpu::BlasDescription();
-  plan.shards = pass.shards();
   if (options.on_plan) options.on_plan(plan);
 
   LP_RETURN_IF_ERROR(MakeDirs(config.output_dir));
@@ -528,6 +593,17 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
   // Called by every rank; rank 0 writes (the others return "").
   auto write_checkpoint = [&]() -> absl::StatusOr<std::string> {
     std::optional<GatheredModel> gathered;
+#ifdef LLAMAPRO_HAVE_CUDA
+    if (engine) {
+      // Every rank holds the same weights and state: rank 0 downloads and writes.
+      if (!leader) return std::string();
+      LP_ASSIGN_OR_RETURN(std::unique_ptr<Optimizer> host, engine->DownloadForCheckpoint());
+      LP_ASSIGN_OR_RETURN(std::string dir, WriteTrainingCheckpoint(checkpoint_options, state,
+                                                                   params, *host, *reader));
+      if (options.on_checkpoint) options.on_checkpoint(dir);
+      return dir;
+    }
+#endif
     if (tp > 1 || zero) {
       LP_ASSIGN_OR_RETURN(gathered, GatherForCheckpoint(params, *optimizer, zero.get(),
                                                         config.optimizer, at, *tp_comm, *dp_comm));
@@ -551,6 +627,14 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
                                      .max_windows = config.eval.windows,
                                      .batch = micro,
                                      .tp = tensor_parallel};
+#ifdef LLAMAPRO_HAVE_CUDA
+      if (engine) {
+        eval_options.batch_evaluator = [&](std::span<const int32_t> tokens,
+                                           std::span<const uint8_t> mask) {
+          return engine->Evaluate(tokens, mask);
+        };
+      }
+#endif
       LP_ASSIGN_OR_RETURN(PerplexityResult result,
                           HeldOutPerplexity(&params, *data, corpus, eval_options));
       record["eval"][corpus] = {
@@ -590,28 +674,46 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
       for (int64_t t = 1; t < width; ++t) targets += sample.loss_mask[t] != 0 ? 1 : 0;
     }
     LP_RETURN_IF_ERROR(dp_comm->AllReduceSum(&targets, 1));
-    ZeroGradients(trainable_params);
+#ifdef LLAMAPRO_HAVE_CUDA
+    if (engine) LP_RETURN_IF_ERROR(engine->ZeroGradients());
+#endif
+    if (pass) ZeroGradients(trainable_params);
     const float scale = targets > 0 ? 1.0f / static_cast<float>(targets) : 0.0f;
     double loss = 0;
-    for (int64_t m = 0; m < local_sequences / micro; ++m) {
+    const int64_t micro_batches = local_sequences / micro;
+    for (int64_t m = 0; m < micro_batches; ++m) {
       const size_t offset = static_cast<size_t>(m * micro * width);
       const size_t size = static_cast<size_t>(micro * width);
-      LP_ASSIGN_OR_RETURN(
-          LossSum sum,
-          pass.ForwardBackward(std::span<const int32_t>(tokens).subspan(offset, size),
-                               std::span<const uint8_t>(mask).subspan(offset, size), scale));
+      const auto micro_tokens = std::span<const int32_t>(tokens).subspan(offset, size);
+      const auto micro_mask = std::span<const uint8_t>(mask).subspan(offset, size);
+      LossSum sum;
+#ifdef LLAMAPRO_HAVE_CUDA
+      if (engine) {
+        LP_ASSIGN_OR_RETURN(
+            sum, engine->ForwardBackward(micro_tokens, micro_mask, scale, m + 1 == micro_batches));
+      }
+#endif
+      if (pass) {
+        LP_ASSIGN_OR_RETURN(sum, pass->ForwardBackward(micro_tokens, micro_mask, scale));
+      }
       loss += sum.loss;
     }
     // Every TP rank of a replica has the same loss sum.
     if (dp > 1) LP_RETURN_IF_ERROR(dp_comm->AllReduceSum(&loss, 1));
     double grad_norm = 0;
     const double clip = config.optimizer.clip_grad_norm;
+#ifdef LLAMAPRO_HAVE_CUDA
+    if (engine) {
+      // All-reduced over NCCL during the backward; the norm and clip on the device.
+      LP_ASSIGN_OR_RETURN(grad_norm, engine->FinishGradients());
+    }
+#endif
     if (zero) {
       LP_RETURN_IF_ERROR(zero->ReduceScatterGradients(*dp_comm));
       const std::vector<Parameter*> pieces = zero->pieces();
       LP_ASSIGN_OR_RETURN(grad_norm, SplitGradNorm(pieces, at.tp_rank == 0, comm));
       ClipToNorm(pieces, grad_norm, clip);
-    } else {
+    } else if (pass) {
       if (bucket) LP_RETURN_IF_ERROR(bucket->AllReduce(*dp_comm));
       if (tp > 1) {
         LP_ASSIGN_OR_RETURN(grad_norm, SplitGradNorm(trainable_params, at.tp_rank == 0, *tp_comm));
@@ -622,7 +724,10 @@ absl::StatusOr<TrainSummary> RunTraining(const JobConfig& job_config, const Trai
       }
     }
     const double lr = LearningRate(config.schedule, state.step, config.steps);
-    optimizer->Step(lr);
+#ifdef LLAMAPRO_HAVE_CUDA
+    if (engine) LP_RETURN_IF_ERROR(engine->Step(lr));
+#endif
+    if (optimizer) optimizer->Step(lr);
     if (zero) LP_RETURN_IF_ERROR(zero->AllGatherValues(*dp_comm));
     ++state.step;
     state.next_sample += global;

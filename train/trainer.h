@@ -25,6 +25,8 @@
 
 namespace llamapro {
 
+class NcclCommunicator;  // train/nccl_communicator.h (CUDA builds).
+
 struct TrainProgress {
   int64_t step = 0;  // Steps completed.
   int64_t total_steps = 0;
@@ -54,8 +56,13 @@ struct TrainPlan {
   int64_t total_steps = 0;
   bool resumed = false;
   std::string resumed_from;
-  std::string blas;  // The GEMM library in use.
-  int shards = 1;    // Threads each micro-batch is split over.
+  std::string blas;  // The GEMM library in use (CPU backend).
+  int shards = 1;    // Threads each micro-batch is split over (CPU backend).
+  // CUDA backend: the device, what the run holds on it (weights, masters,
+  // gradients, activations, scratch, optimizer state) and the recompute mode.
+  std::string device;
+  int64_t device_bytes = 0;
+  std::string recompute;
   // The mesh (parallel:) and this rank's share: parameters it holds, and
   // the planner's bytes and communication per step (train/parallel_plan.h).
   // optimizer_state_bytes and activation_bytes above are this rank's, as
@@ -80,6 +87,10 @@ struct TrainOptions {
   // communicators (MakeGlooMesh). Unused, and may be null, when tp is 1.
   Communicator* tp_communicator = nullptr;
   Communicator* dp_communicator = nullptr;
+  // CUDA data parallelism (device: cuda:N, several ranks): the job's ranks
+  // over NCCL, for the gradients; `communicator` still carries the host-side
+  // collectives (targets, loss, barriers). Null: one rank.
+  NcclCommunicator* nccl = nullptr;
   // Where samples come from. Null: the token store named by data.store.
   DataSource* data = nullptr;
   // Set by another thread to stop at the next step boundary (every rank
@@ -95,6 +106,10 @@ struct TrainSummary {
   std::string last_checkpoint;
   double tokens_per_second = 0;  // Mean over the steps of this invocation.
 };
+
+// "CPU, 4 threads per micro-batch; GEMMs: OpenBLAS ..." or "CUDA <device>,
+// bf16 mixed precision, recompute none; 61.2 GiB allocated on the device".
+std::string DescribeCompute(const TrainPlan& plan);
 
 // With several ranks, rank 0 alone writes checkpoints and metrics; the ranks
 // of replica 0 run evaluations (its TP group together); every rank must run

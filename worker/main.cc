@@ -26,6 +26,10 @@
 #include "base/version.h"
 #include "kernels/cpu/blas.h"
 #include "kernels/cpu/ops.h"
+#include "train/config.h"
+#ifdef LLAMAPRO_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#endif
 #include "rpc/rpc.h"
 #include "worker/agent.h"
 #include "worker/metrics.h"
@@ -69,18 +73,29 @@ void LogLine(const std::string& name, const std::string& line) {
   std::fwrite(text.data(), 1, text.size(), stderr);
 }
 
-// Only `cpu` trains today; `cuda:N` is the syntax the CUDA backend will take.
+// `cpu`, or `cuda:N` naming a device this machine has (in a build with the
+// CUDA backend).
 absl::Status CheckDevice(const std::string& device) {
-  if (device == "cpu") return absl::OkStatus();
-  int index = 0;
-  if (absl::StartsWith(device, "cuda:") && absl::SimpleAtoi(device.substr(5), &index) &&
-      index >= 0) {
-    return absl::UnimplementedError(absl::StrCat(
-        "--device ", device,
-        ": the CUDA training backend is not built yet; run this worker with --device cpu"));
+  absl::StatusOr<int> ordinal = llamapro::DeviceOrdinal(device);
+  if (!ordinal.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--device must be cpu or cuda:N, got \"", device, "\""));
   }
-  return absl::InvalidArgumentError(
-      absl::StrCat("--device must be cpu or cuda:N, got \"", device, "\""));
+  if (*ordinal < 0) return absl::OkStatus();
+#ifdef LLAMAPRO_HAVE_CUDA
+  const int count = llamapro::cuda::DeviceCount();
+  if (*ordinal >= count) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--device ", device, ": this machine has ", count, " usable CUDA device",
+                     count == 1 ? "" : "s", count == 0 ? " (no driver, or no GPU)" : ""));
+  }
+  return absl::OkStatus();
+#else
+  return absl::FailedPreconditionError(
+      absl::StrCat("--device ", device,
+                   ": this build has no CUDA backend (build with -DLLAMAPRO_CUDA=ON where nvcc "
+                   "exists: docs/build.md); run this worker with --device cpu"));
+#endif
 }
 
 // The FLOP/s of a square fp32 GEMM on `threads` threads (0: every core):
@@ -133,7 +148,8 @@ int Run(int argc, char** argv) {
                               "else ",
                               kDefaultCoordinator, ")"))
       ->capture_default_str();
-  app.add_option("--device", flags.device, "Device this worker runs on: cpu (cuda:N is reserved)")
+  app.add_option("--device", flags.device,
+                 "Device this worker runs on: cpu, or cuda:N (GPU N; builds with the CUDA backend)")
       ->capture_default_str();
   app.add_option("--name", flags.name, "Unique worker name (default: <hostname>-<pid>)")
       ->capture_default_str();
@@ -184,6 +200,9 @@ int Run(int argc, char** argv) {
     return 2;
   };
   if (absl::Status device = CheckDevice(flags.device); !device.ok()) return fail(device);
+  if (const int ordinal = *llamapro::DeviceOrdinal(flags.device); ordinal >= 0) {
+    flags.device = absl::StrCat("cuda:", ordinal);  // "cuda" and "CUDA:0" are cuda:0.
+  }
   if (flags.name.empty()) return fail(absl::InvalidArgumentError("--name must not be empty"));
   if (!flags.port_file.empty() && flags.metrics_listen.empty()) {
     return fail(absl::InvalidArgumentError("--port-file needs --metrics-listen"));
@@ -215,6 +234,20 @@ int Run(int argc, char** argv) {
                          " threads; --peak-flops overrides)"));
   }
 
+#ifdef LLAMAPRO_HAVE_CUDA
+  if (const int ordinal = *llamapro::DeviceOrdinal(flags.device);
+      options.peak_flops == 0 && ordinal >= 0) {
+    options.peak_flops = llamapro::cuda::PeakBf16Flops(ordinal);
+    LogLine(
+        flags.name,
+        options.peak_flops > 0
+            ? absl::StrCat("peak ", absl::SixDigits(options.peak_flops / 1e12),
+                           " TFLOP/s (dense bf16 of ", llamapro::cuda::DeviceDescription(ordinal),
+                           "; --peak-flops overrides)")
+            : absl::StrCat("peak FLOP/s of ", llamapro::cuda::DeviceDescription(ordinal),
+                           " unknown: MFU reads 0 (set --peak-flops)"));
+  }
+#endif
   WorkerMetrics metrics(flags.name, flags.device);
   options.metrics = &metrics;
   if (!flags.metrics_listen.empty()) {

@@ -30,6 +30,9 @@
 #include "model/checkpoint.h"
 #include "model/config.h"
 #include "model/expand.h"
+#ifdef LLAMAPRO_HAVE_CUDA
+#include "train/nccl_communicator.h"
+#endif
 #include "model/llama_params.h"
 #include "train/checkpoint.h"
 #include "train/config.h"
@@ -350,8 +353,10 @@ absl::StatusOr<TaskResult> RunTrain(const v1::Assignment& assignment,
     Log(hooks, absl::StrCat("data.store (", config.data.store,
                             ") is ignored: samples come from the coordinator"));
   }
-  config.device = environment.device;
+  // The worker's device decides the backend.
+  LP_RETURN_IF_ERROR(SetDevice(&config, environment.device));
   if (environment.threads > 0) config.threads = environment.threads;
+  LP_ASSIGN_OR_RETURN(const int cuda_device, DeviceOrdinal(config.device));
 
   std::unique_ptr<Communicator> communicator;
   if (world > 1) {
@@ -390,6 +395,25 @@ absl::StatusOr<TaskResult> RunTrain(const v1::Assignment& assignment,
     dp_communicator = std::make_unique<RestartableCommunicator>(std::move(mesh->dp));
   }
 
+#ifdef LLAMAPRO_HAVE_CUDA
+  // CUDA data parallelism: the gradients travel over NCCL (bootstrapped
+  // through the same rendezvous); Gloo keeps the host-side collectives.
+  std::unique_ptr<NcclCommunicator> nccl;
+  if (cuda_device >= 0 && world > 1) {
+    NcclOptions nccl_options;
+    nccl_options.prefix = assignment.rendezvous_prefix();
+    nccl_options.timeout = environment.collective_timeout;
+    Log(hooks,
+        absl::StrCat("joining ranks over NCCL on ", config.device, ": rank ", rank, " of ", world));
+    absl::StatusOr<std::unique_ptr<NcclCommunicator>> made =
+        MakeNcclCommunicator(rank, world, cuda_device, environment.rendezvous, nccl_options);
+    if (!made.ok()) return AsRestartable(made.status());
+    nccl = std::move(*made);
+  }
+#else
+  (void)cuda_device;
+#endif
+
   // Where to start: rank 0 decides (it alone repairs the output directory)
   // and the others follow, so every rank resumes from the same step.
   int64_t mode = static_cast<int64_t>(ResumePlan::Mode::kFresh);
@@ -417,6 +441,9 @@ absl::StatusOr<TaskResult> RunTrain(const v1::Assignment& assignment,
   options.communicator = communicator.get();
   options.tp_communicator = tp_communicator.get();
   options.dp_communicator = dp_communicator.get();
+#ifdef LLAMAPRO_HAVE_CUDA
+  options.nccl = nccl.get();
+#endif
   options.data = environment.data;
   options.cancel = environment.cancel;
   int64_t last_step = 0;
@@ -438,13 +465,13 @@ absl::StatusOr<TaskResult> RunTrain(const v1::Assignment& assignment,
       progress->clear_general_corpora();
       for (const std::string& corpus : config.eval.general) progress->add_general_corpora(corpus);
     });
-    Log(hooks, absl::StrCat(plan.resumed ? absl::StrCat("resuming from ", plan.resumed_from,
-                                                        " at step ", plan.start_step)
-                                         : std::string("starting"),
-                            ": ", plan.total_steps, " steps, ", plan.trainable_parameters, " of ",
-                            plan.total_parameters, " parameters train (",
-                            absl::StrJoin(plan.trainable_blocks, ", "), "), ", plan.shards,
-                            " threads, ", plan.blas));
+    Log(hooks,
+        absl::StrCat(plan.resumed ? absl::StrCat("resuming from ", plan.resumed_from, " at step ",
+                                                 plan.start_step)
+                                  : std::string("starting"),
+                     ": ", plan.total_steps, " steps, ", plan.trainable_parameters, " of ",
+                     plan.total_parameters, " parameters train (",
+                     absl::StrJoin(plan.trainable_blocks, ", "), "); ", DescribeCompute(plan)));
     Log(hooks,
         absl::StrCat("this rank (dp ", plan.dp, " x tp ", plan.tp, plan.zero1 ? ", ZeRO-1" : "",
                      "): ", plan.rank_parameters, " parameters held; optimizer state ",

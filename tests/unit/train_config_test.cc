@@ -302,7 +302,10 @@ TEST(JobConfigTest, EachBadValueIsReportedWithItsKeyPath) {
       {{{"checkpoint", "{keep: 0}"}}, "job.yaml: checkpoint.keep: must be a positive integer"},
       {{{"checkpoint", "{interval: -5}"}}, "job.yaml: checkpoint.interval: must be a non-negative"},
       {{{"precision", "fp16"}}, "job.yaml: precision: must be one of fp32, bf16, got \"fp16\""},
-      {{{"device", "gpu"}}, "job.yaml: device: must be cpu or cuda:N, got \"gpu\""},
+      {{{"device", "gpu"}}, "job.yaml: device: must be cpu, cuda or cuda:N, got \"gpu\""},
+      {{{"device", "cuda:-1"}}, "job.yaml: device: must be cpu, cuda or cuda:N"},
+      {{{"recompute", "some"}},
+       "job.yaml: recompute: must be one of none, attention, full, got \"some\""},
       {{{"threads", "-1"}}, "job.yaml: threads: must be a non-negative integer"},
       {{{"log_interval", "0"}}, "job.yaml: log_interval: must be a positive integer"},
       // Inconsistent combinations.
@@ -327,9 +330,10 @@ TEST(JobConfigTest, EachBadValueIsReportedWithItsKeyPath) {
       {{{"optimizer", "{lr: 0.1, momentum: 0.9}"}},
        "job.yaml: optimizer.momentum: is an sgd setting; optimizer.name is adamw"},
       {{{"precision", "bf16"}},
-       "job.yaml: precision: bf16 is reserved for the CUDA backend; on device cpu use fp32"},
-      {{{"device", "cuda:0"}},
-       "job.yaml: device: cuda:0: the CUDA training backend is not built yet; use cpu"},
+       "job.yaml: precision: bf16 is the CUDA backend's; on device cpu use fp32"},
+      {{{"device", "cuda:0"}, {"precision", "fp32"}},
+       "job.yaml: precision: the CUDA backend trains in bf16 mixed precision"},
+      {{{"recompute", "full"}}, "job.yaml: recompute: full is the CUDA backend's"},
       // Structure.
       {{{"data", "{store: s, store: t, mixture: a, seq_len: 16}"}},
        "job.yaml: data.store: duplicate key"},
@@ -338,6 +342,42 @@ TEST(JobConfigTest, EachBadValueIsReportedWithItsKeyPath) {
     const std::string yaml = Yaml(c.changes);
     EXPECT_THAT(ErrorOf(yaml), HasSubstr(c.expected)) << yaml;
   }
+}
+
+TEST(JobConfigTest, DeviceDecidesPrecisionAndRecompute) {
+  // CUDA: bf16 mixed precision unless told otherwise, and recomputation.
+  absl::StatusOr<JobConfig> cuda =
+      ParseJobConfig(Yaml({{"device", "CUDA:1"}, {"recompute", "attention"}}), "job.yaml");
+  ASSERT_TRUE(cuda.ok()) << cuda.status();
+  EXPECT_EQ(cuda->device, "cuda:1");
+  EXPECT_EQ(cuda->precision, Precision::kBf16);
+  EXPECT_FALSE(cuda->precision_given);
+  EXPECT_EQ(cuda->recompute, "attention");
+  absl::StatusOr<JobConfig> bare = ParseJobConfig(Yaml({{"device", "cuda"}}), "job.yaml");
+  ASSERT_TRUE(bare.ok()) << bare.status();
+  EXPECT_EQ(bare->device, "cuda:0");
+  EXPECT_EQ(bare->recompute, "none");
+
+  // A worker's --device moves the job: the precision follows when the config
+  // left it out, and what the new device cannot run is refused.
+  JobConfig moved = *cuda;
+  moved.recompute = "none";
+  ASSERT_TRUE(SetDevice(&moved, "cpu").ok());
+  EXPECT_EQ(moved.device, "cpu");
+  EXPECT_EQ(moved.precision, Precision::kFp32);
+  EXPECT_THAT(SetDevice(&*cuda, "cpu").message(),
+              HasSubstr("job.yaml: recompute: attention is the CUDA backend's"));
+  absl::StatusOr<JobConfig> fp32 = ParseJobConfig(Yaml({{"precision", "fp32"}}), "job.yaml");
+  ASSERT_TRUE(fp32.ok()) << fp32.status();
+  EXPECT_THAT(SetDevice(&*fp32, "cuda:0").message(),
+              HasSubstr("precision: the CUDA backend trains in bf16"));
+  EXPECT_THAT(SetDevice(&*fp32, "tpu").message(),
+              HasSubstr("job.yaml: device: must be cpu, cuda or cuda:N, got \"tpu\""));
+
+  EXPECT_EQ(*DeviceOrdinal("cpu"), -1);
+  EXPECT_EQ(*DeviceOrdinal("cuda:12"), 12);
+  EXPECT_FALSE(DeviceOrdinal("cuda:").ok());
+  EXPECT_FALSE(DeviceOrdinal("cuda:+1").ok());
 }
 
 TEST(JobConfigTest, UnknownKeysAreErrorsThatSuggestTheIntendedKey) {
@@ -364,7 +404,7 @@ TEST(JobConfigTest, UnknownKeysAreErrorsThatSuggestTheIntendedKey) {
       "job.yaml: wandb: unknown key; the top level takes model, output_dir, data, "
       "trainable, lora, optimizer, schedule, batch, steps, tokens, eval, checkpoint, parallel, "
       "precision, "
-      "device, threads, log_interval");
+      "device, recompute, threads, log_interval");
 }
 
 TEST(JobConfigTest, MalformedYamlIsReportedWithLineAndColumn) {

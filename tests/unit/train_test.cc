@@ -27,6 +27,9 @@
 #include "train/checkpoint.h"
 #include "train/config.h"
 #include "train/trainer.h"
+#ifdef LLAMAPRO_HAVE_CUDA
+#include "kernels/cuda/device.h"
+#endif
 
 namespace llamapro {
 namespace {
@@ -507,6 +510,39 @@ TEST(TrainerTest, ConfigErrorsAgainstTheModelNameTheKey) {
   setup.config.data.seq_len = 100000;
   EXPECT_THAT(std::string(RunTraining(setup.config, {}).status().message()),
               HasSubstr("data.seq_len: 100000 exceeds"));
+}
+
+// The CUDA backend as seen from a machine without a GPU (CI): what it cannot
+// run is refused naming the key before any device is touched, and a missing
+// device is a clear error, not a crash. (On a GPU machine the cuda tests in
+// tests/cuda/ run the backend itself.)
+TEST(TrainerTest, CudaDeviceErrorsNameTheKeyOrTheDevice) {
+  ScratchDir dir;
+  const std::string plain = TinyModel(dir, "plain", 2);
+  TrainingSetup setup = MakeSetup(dir, plain, 6);
+  ASSERT_TRUE(SetDevice(&setup.config, "cuda:0").ok());
+  EXPECT_EQ(setup.config.precision, Precision::kBf16);
+#ifdef LLAMAPRO_HAVE_CUDA
+  JobConfig sgd = setup.config;
+  sgd.optimizer.name = "sgd";
+  EXPECT_THAT(std::string(RunTraining(sgd, {}).status().message()),
+              HasSubstr("optimizer.name: sgd on device cuda:0 (the CUDA backend runs"));
+  JobConfig zero = setup.config;
+  zero.parallel.zero1 = true;
+  EXPECT_THAT(std::string(RunTraining(zero, {}).status().message()),
+              HasSubstr("parallel.zero: ZeRO-1 on device cuda:0"));
+  if (cuda::DeviceCount() == 0) {
+    const absl::Status status = RunTraining(setup.config, {}).status();
+    EXPECT_EQ(status.code(), absl::StatusCode::kFailedPrecondition) << status;
+    EXPECT_THAT(std::string(status.message()), HasSubstr("CUDA device 0"));
+  }
+#else
+  EXPECT_THAT(std::string(RunTraining(setup.config, {}).status().message()),
+              HasSubstr("device: cuda:0: this build has no CUDA backend"));
+#endif
+  // Recompute is the CUDA backend's.
+  setup.config.recompute = "full";
+  EXPECT_THAT(SetDevice(&setup.config, "cpu").message(), HasSubstr("recompute: full"));
 }
 
 }  // namespace
