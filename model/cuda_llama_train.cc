@@ -30,6 +30,7 @@
 #include "kernels/cuda/rope.cuh"
 #include "kernels/cuda/silu_mul.cuh"
 #include "kernels/dtype.h"
+#include "model/cuda_status.h"
 #include "model/rope.h"
 
 namespace llamapro {
@@ -63,23 +64,6 @@ constexpr int64_t kAlign = 256;
 constexpr int64_t kAutoLogitsBytes = int64_t{256} << 20;
 
 enum Kind { kWeights = 0, kMasters, kGradients, kActivations, kScratch, kKinds };
-
-absl::Status CudaError(cudaError_t err, const char* expr, const char* file, int line) {
-  return absl::InternalError(cuda::CudaErrorMessage(err, expr, file, line));
-}
-
-absl::Status FromCuda(const cuda::CudaStatus& status) {
-  return status.ok() ? absl::OkStatus() : absl::InternalError(status.message());
-}
-
-// Returns an Internal status naming the call when a CUDA runtime call fails.
-#define LP_CUDA_RETURN_IF_ERROR(expr)                            \
-  do {                                                           \
-    const cudaError_t lp_cuda_err_ = (expr);                     \
-    if (lp_cuda_err_ != cudaSuccess) [[unlikely]] {              \
-      return CudaError(lp_cuda_err_, #expr, __FILE__, __LINE__); \
-    }                                                            \
-  } while (false)
 
 // Buffers are carved from one allocation per Kind; with a null base this only
 // measures (PlanMemory; every pointer is then null).

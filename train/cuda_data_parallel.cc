@@ -17,39 +17,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "base/status_macros.h"
+#include "model/cuda_status.h"
 
 namespace llamapro {
 namespace {
-
-absl::Status CudaStatus(cudaError_t err, absl::string_view call) {
-  return absl::InternalError(
-      absl::StrCat(call, " failed: ", cudaGetErrorName(err), ": ", cudaGetErrorString(err)));
-}
-
-// Makes `device` current for its lifetime and restores the caller's device.
-class ScopedDevice {
- public:
-  explicit ScopedDevice(int device) : device_(device) {
-    if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = -1;
-    if (previous_ != device_) {
-      const cudaError_t err = cudaSetDevice(device_);
-      if (err != cudaSuccess) {
-        status_ = CudaStatus(err, absl::StrFormat("cudaSetDevice(%d)", device_));
-      }
-    }
-  }
-  ~ScopedDevice() {
-    if (previous_ >= 0 && previous_ != device_) (void)cudaSetDevice(previous_);
-  }
-  ScopedDevice(const ScopedDevice&) = delete;
-  ScopedDevice& operator=(const ScopedDevice&) = delete;
-  const absl::Status& status() const { return status_; }
-
- private:
-  int device_;
-  int previous_ = -1;
-  absl::Status status_;
-};
 
 size_t MaxTensors(const NcclGradientReducerOptions& options) {
   return std::max<size_t>(options.max_tensors_per_bucket, 1);
@@ -107,21 +78,21 @@ absl::StatusOr<std::unique_ptr<NcclGradientReducer>> NcclGradientReducer::Create
   int least_priority = 0;
   int greatest_priority = 0;
   cudaError_t err = cudaDeviceGetStreamPriorityRange(&least_priority, &greatest_priority);
-  if (err != cudaSuccess) return CudaStatus(err, "cudaDeviceGetStreamPriorityRange");
+  if (err != cudaSuccess) return CudaCallError(err, "cudaDeviceGetStreamPriorityRange");
   err = cudaStreamCreateWithPriority(&dp->stream_, cudaStreamNonBlocking, greatest_priority);
   if (err != cudaSuccess) {
     dp->stream_ = nullptr;
-    return CudaStatus(err, "cudaStreamCreateWithPriority (data-parallel stream)");
+    return CudaCallError(err, "cudaStreamCreateWithPriority (data-parallel stream)");
   }
   err = cudaEventCreateWithFlags(&dp->ready_, cudaEventDisableTiming);
   if (err != cudaSuccess) {
     dp->ready_ = nullptr;
-    return CudaStatus(err, "cudaEventCreateWithFlags (gradients ready)");
+    return CudaCallError(err, "cudaEventCreateWithFlags (gradients ready)");
   }
   err = cudaEventCreateWithFlags(&dp->done_, cudaEventDisableTiming);
   if (err != cudaSuccess) {
     dp->done_ = nullptr;
-    return CudaStatus(err, "cudaEventCreateWithFlags (all-reduce done)");
+    return CudaCallError(err, "cudaEventCreateWithFlags (all-reduce done)");
   }
   dp->open_.reserve(MaxTensors(options));
   return dp;
@@ -143,10 +114,10 @@ absl::Status NcclGradientReducer::Launch(cudaStream_t after, cudaStream_t on) {
   if (open_.empty()) return absl::OkStatus();
   if (after != on) {
     cudaError_t err = cudaEventRecord(ready_, after);
-    if (err != cudaSuccess) return Record(CudaStatus(err, "cudaEventRecord (gradients ready)"));
+    if (err != cudaSuccess) return Record(CudaCallError(err, "cudaEventRecord (gradients ready)"));
     err = cudaStreamWaitEvent(on, ready_, 0);
     if (err != cudaSuccess) {
-      return Record(CudaStatus(err, "cudaStreamWaitEvent (gradients ready)"));
+      return Record(CudaCallError(err, "cudaStreamWaitEvent (gradients ready)"));
     }
   }
   const absl::Status status = comm_->AllReduceSumDevice(open_, on);
@@ -205,9 +176,10 @@ absl::Status NcclGradientReducer::Finish(cudaStream_t compute) {
   if (!on_device.status().ok()) return Record(on_device.status());
   LP_RETURN_IF_ERROR(Launch(open_stream_, stream_));
   cudaError_t err = cudaEventRecord(done_, stream_);
-  if (err != cudaSuccess) return Record(CudaStatus(err, "cudaEventRecord (all-reduce done)"));
+  if (err != cudaSuccess) return Record(CudaCallError(err, "cudaEventRecord (all-reduce done)"));
   err = cudaStreamWaitEvent(compute, done_, 0);
-  if (err != cudaSuccess) return Record(CudaStatus(err, "cudaStreamWaitEvent (all-reduce done)"));
+  if (err != cudaSuccess)
+    return Record(CudaCallError(err, "cudaStreamWaitEvent (all-reduce done)"));
   return absl::OkStatus();
 }
 

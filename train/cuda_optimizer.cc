@@ -16,51 +16,18 @@
 #include "kernels/cuda/device.h"
 #include "kernels/cuda/global_norm.cuh"
 #include "kernels/cuda/multi_tensor.h"
+#include "model/cuda_status.h"
 
 namespace llamapro {
 namespace {
 
-absl::Status CudaError(cudaError_t err, const char* expr, const char* file, int line) {
-  return absl::InternalError(cuda::CudaErrorMessage(err, expr, file, line));
-}
-
-#define LP_CUDA_RETURN_IF_ERROR(expr)                            \
-  do {                                                           \
-    const cudaError_t lp_cuda_err_ = (expr);                     \
-    if (lp_cuda_err_ != cudaSuccess) [[unlikely]] {              \
-      return CudaError(lp_cuda_err_, #expr, __FILE__, __LINE__); \
-    }                                                            \
-  } while (false)
-
-// MakeOptimizer's checks of the fields AdamW reads (train/optimizer.cc's
-// CheckConfig; replicated because this library must not link
-// llamapro_train), with the same messages.
+// MakeOptimizer's checks, and SGD refused: the CUDA backend implements AdamW.
 absl::Status CheckAdamWConfig(const OptimizerConfig& config) {
-  auto bad = [](absl::string_view field, double value, absl::string_view want) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("optimizer ", field, " = ", value, ": must be ", want));
-  };
   if (config.name == "sgd") {
     return absl::InvalidArgumentError(
         "optimizer sgd runs on the CPU backend only: the CUDA backend implements adamw");
   }
-  if (config.name != "adamw") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown optimizer '", config.name, "': choose adamw or sgd"));
-  }
-  if (!(config.beta1 >= 0 && config.beta1 < 1)) return bad("beta1", config.beta1, "in [0, 1)");
-  if (!(config.beta2 >= 0 && config.beta2 < 1)) return bad("beta2", config.beta2, "in [0, 1)");
-  if (!(config.eps > 0) || !std::isfinite(config.eps)) return bad("eps", config.eps, "positive");
-  if (!(config.weight_decay >= 0) || !std::isfinite(config.weight_decay)) {
-    return bad("weight_decay", config.weight_decay, "non-negative");
-  }
-  if (!(config.momentum >= 0 && config.momentum < 1)) {
-    return bad("momentum", config.momentum, "in [0, 1)");
-  }
-  if (!(config.clip_grad_norm >= 0) || !std::isfinite(config.clip_grad_norm)) {
-    return bad("clip_grad_norm", config.clip_grad_norm, "non-negative (0 = off)");
-  }
-  return absl::OkStatus();
+  return CheckOptimizerConfig(config);
 }
 
 }  // namespace

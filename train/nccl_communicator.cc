@@ -21,6 +21,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/string_view.h"
 #include "base/status_macros.h"
+#include "model/cuda_status.h"
 #include "train/communicator.h"
 
 namespace llamapro {
@@ -39,43 +40,12 @@ std::string CudaErrorText(cudaError_t err) {
   return absl::StrCat(cudaGetErrorName(err), ": ", cudaGetErrorString(err));
 }
 
-absl::Status CudaStatus(cudaError_t err, absl::string_view call) {
-  std::string message = absl::StrCat(call, " failed: ", CudaErrorText(err));
-  if (err == cudaErrorMemoryAllocation) return absl::ResourceExhaustedError(message);
-  return absl::InternalError(message);
-}
-
 std::string NcclErrorText(ncclResult_t result, absl::string_view call, ncclComm_t comm) {
   std::string text = absl::StrCat(call, " failed: ", ncclGetErrorString(result));
   const char* last = ncclGetLastError(comm);
   if (last != nullptr && last[0] != '\0') absl::StrAppend(&text, " (last NCCL error: ", last, ")");
   return text;
 }
-
-// Makes `device` current for its lifetime and restores the caller's device.
-class ScopedDevice {
- public:
-  explicit ScopedDevice(int device) : device_(device) {
-    if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = -1;
-    if (previous_ != device_) {
-      const cudaError_t err = cudaSetDevice(device_);
-      if (err != cudaSuccess) {
-        status_ = CudaStatus(err, absl::StrFormat("cudaSetDevice(%d)", device_));
-      }
-    }
-  }
-  ~ScopedDevice() {
-    if (previous_ >= 0 && previous_ != device_) (void)cudaSetDevice(previous_);
-  }
-  ScopedDevice(const ScopedDevice&) = delete;
-  ScopedDevice& operator=(const ScopedDevice&) = delete;
-  const absl::Status& status() const { return status_; }
-
- private:
-  int device_;
-  int previous_ = -1;
-  absl::Status status_;
-};
 
 // Backoff for host-side polling: spins briefly (a small collective completes
 // in microseconds), then sleeps up to a millisecond between polls.
@@ -255,7 +225,7 @@ absl::Status NcclCommunicator::WaitStream(cudaStream_t stream, absl::string_view
     const cudaError_t query = cudaStreamQuery(stream);
     if (query == cudaSuccess) return CheckAsyncError();
     if (query != cudaErrorNotReady) {
-      return Fail(CudaStatus(query, absl::StrCat("cudaStreamQuery (waiting for ", what, ")")));
+      return Fail(CudaCallError(query, absl::StrCat("cudaStreamQuery (waiting for ", what, ")")));
     }
     LP_RETURN_IF_ERROR(CheckAsyncError());
     if (poller.Expired()) {
@@ -284,13 +254,13 @@ absl::Status NcclCommunicator::Reserve(size_t bytes) {
   if (err != cudaSuccess) {
     device_scratch_ = nullptr;
     return Fail(
-        CudaStatus(err, absl::StrFormat("cudaMallocAsync(%d bytes of NCCL staging)", capacity)));
+        CudaCallError(err, absl::StrFormat("cudaMallocAsync(%d bytes of NCCL staging)", capacity)));
   }
   err = cudaMallocHost(&host_scratch_, capacity);
   if (err != cudaSuccess) {
     host_scratch_ = nullptr;
     return Fail(
-        CudaStatus(err, absl::StrFormat("cudaMallocHost(%d bytes of NCCL staging)", capacity)));
+        CudaCallError(err, absl::StrFormat("cudaMallocHost(%d bytes of NCCL staging)", capacity)));
   }
   scratch_bytes_ = capacity;
   return absl::OkStatus();
@@ -302,7 +272,7 @@ absl::Status NcclCommunicator::CopyIn(const void* host, size_t bytes, size_t off
   std::memcpy(pinned, host, bytes);
   const cudaError_t err = cudaMemcpyAsync(static_cast<char*>(device_scratch_) + offset, pinned,
                                           bytes, cudaMemcpyHostToDevice, stream_);
-  if (err != cudaSuccess) return Fail(CudaStatus(err, "cudaMemcpyAsync (NCCL staging in)"));
+  if (err != cudaSuccess) return Fail(CudaCallError(err, "cudaMemcpyAsync (NCCL staging in)"));
   return absl::OkStatus();
 }
 
@@ -312,7 +282,7 @@ absl::Status NcclCommunicator::CopyOut(void* host, size_t bytes, size_t offset) 
     const cudaError_t err =
         cudaMemcpyAsync(pinned, static_cast<const char*>(device_scratch_) + offset, bytes,
                         cudaMemcpyDeviceToHost, stream_);
-    if (err != cudaSuccess) return Fail(CudaStatus(err, "cudaMemcpyAsync (NCCL staging out)"));
+    if (err != cudaSuccess) return Fail(CudaCallError(err, "cudaMemcpyAsync (NCCL staging out)"));
   }
   LP_RETURN_IF_ERROR(WaitStream(stream_, "NCCL host collective"));
   if (bytes > 0 && host != nullptr) std::memcpy(host, pinned, bytes);
@@ -378,7 +348,7 @@ absl::Status NcclCommunicator::Barrier() {
   if (!on_device.status().ok()) return Fail(on_device.status());
   LP_RETURN_IF_ERROR(Reserve(sizeof(int64_t)));
   const cudaError_t err = cudaMemsetAsync(device_scratch_, 0, sizeof(int64_t), stream_);
-  if (err != cudaSuccess) return Fail(CudaStatus(err, "cudaMemsetAsync (NCCL barrier)"));
+  if (err != cudaSuccess) return Fail(CudaCallError(err, "cudaMemsetAsync (NCCL barrier)"));
   LP_RETURN_IF_ERROR(
       Settle(ncclAllReduce(device_scratch_, device_scratch_, 1, ncclInt64, ncclSum, comm_, stream_),
              "ncclAllReduce (barrier)"));
@@ -520,11 +490,11 @@ absl::StatusOr<std::unique_ptr<NcclCommunicator>> MakeNcclCommunicator(int rank,
   int least_priority = 0;
   int greatest_priority = 0;
   cudaError_t err = cudaDeviceGetStreamPriorityRange(&least_priority, &greatest_priority);
-  if (err != cudaSuccess) return CudaStatus(err, "cudaDeviceGetStreamPriorityRange");
+  if (err != cudaSuccess) return CudaCallError(err, "cudaDeviceGetStreamPriorityRange");
   err = cudaStreamCreateWithPriority(&comm->stream_, cudaStreamNonBlocking, greatest_priority);
   if (err != cudaSuccess) {
     comm->stream_ = nullptr;
-    return CudaStatus(err, "cudaStreamCreateWithPriority (NCCL stream)");
+    return CudaCallError(err, "cudaStreamCreateWithPriority (NCCL stream)");
   }
 
   ncclConfig_t config = NCCL_CONFIG_INITIALIZER;

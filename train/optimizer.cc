@@ -165,35 +165,11 @@ class Sgd : public Optimizer {
   std::vector<std::vector<float>>* momentum_buffer_;
 };
 
-absl::Status CheckConfig(const OptimizerConfig& config) {
-  auto bad = [](absl::string_view field, double value, absl::string_view want) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("optimizer ", field, " = ", value, ": must be ", want));
-  };
-  if (config.name != "adamw" && config.name != "sgd") {
-    return absl::InvalidArgumentError(
-        absl::StrCat("unknown optimizer '", config.name, "': choose adamw or sgd"));
-  }
-  if (!(config.beta1 >= 0 && config.beta1 < 1)) return bad("beta1", config.beta1, "in [0, 1)");
-  if (!(config.beta2 >= 0 && config.beta2 < 1)) return bad("beta2", config.beta2, "in [0, 1)");
-  if (!(config.eps > 0) || !std::isfinite(config.eps)) return bad("eps", config.eps, "positive");
-  if (!(config.weight_decay >= 0) || !std::isfinite(config.weight_decay)) {
-    return bad("weight_decay", config.weight_decay, "non-negative");
-  }
-  if (!(config.momentum >= 0 && config.momentum < 1)) {
-    return bad("momentum", config.momentum, "in [0, 1)");
-  }
-  if (!(config.clip_grad_norm >= 0) || !std::isfinite(config.clip_grad_norm)) {
-    return bad("clip_grad_norm", config.clip_grad_norm, "non-negative (0 = off)");
-  }
-  return absl::OkStatus();
-}
-
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Optimizer>> MakeOptimizer(const OptimizerConfig& config,
                                                          std::vector<Parameter*> trainable) {
-  if (absl::Status status = CheckConfig(config); !status.ok()) return status;
+  if (absl::Status status = CheckOptimizerConfig(config); !status.ok()) return status;
   absl::flat_hash_set<absl::string_view> names;
   for (size_t i = 0; i < trainable.size(); ++i) {
     const Parameter* param = trainable[i];

@@ -18,6 +18,7 @@
 #ifndef LLAMAPRO_TRAIN_OPTIMIZER_H_
 #define LLAMAPRO_TRAIN_OPTIMIZER_H_
 
+#include <cmath>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -28,6 +29,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "model/parameters.h"
 
@@ -45,6 +47,33 @@ struct OptimizerConfig {
   double momentum = 0;          // SGD only; 0 = none.
   double clip_grad_norm = 1.0;  // Max global gradient L2 norm; 0 = no clipping.
 };
+
+// The checks MakeOptimizer makes of `config` (InvalidArgument naming the
+// field). Inline: the CUDA optimizer (train/cuda_optimizer.h) makes them too
+// without linking this library.
+inline absl::Status CheckOptimizerConfig(const OptimizerConfig& config) {
+  auto bad = [](absl::string_view field, double value, absl::string_view want) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("optimizer ", field, " = ", value, ": must be ", want));
+  };
+  if (config.name != "adamw" && config.name != "sgd") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("unknown optimizer '", config.name, "': choose adamw or sgd"));
+  }
+  if (!(config.beta1 >= 0 && config.beta1 < 1)) return bad("beta1", config.beta1, "in [0, 1)");
+  if (!(config.beta2 >= 0 && config.beta2 < 1)) return bad("beta2", config.beta2, "in [0, 1)");
+  if (!(config.eps > 0) || !std::isfinite(config.eps)) return bad("eps", config.eps, "positive");
+  if (!(config.weight_decay >= 0) || !std::isfinite(config.weight_decay)) {
+    return bad("weight_decay", config.weight_decay, "non-negative");
+  }
+  if (!(config.momentum >= 0 && config.momentum < 1)) {
+    return bad("momentum", config.momentum, "in [0, 1)");
+  }
+  if (!(config.clip_grad_norm >= 0) || !std::isfinite(config.clip_grad_norm)) {
+    return bad("clip_grad_norm", config.clip_grad_norm, "non-negative (0 = off)");
+  }
+  return absl::OkStatus();
+}
 
 class Optimizer {
  public:
