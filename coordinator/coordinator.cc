@@ -1025,28 +1025,40 @@ void Coordinator::Schedule() {
       continue;
     }
     const auto need = static_cast<size_t>(job.spec().world_size());
-    if (idle.size() < need) {
-      job.set_message(absl::StrCat("waiting for ", need, " idle worker", need > 1 ? "s" : "", " (",
-                                   alive, " registered, ", idle.size(), " idle)"));
+    // A training job runs on workers of the kind its config's `device`
+    // names (cpu, or cuda on any GPU): one backend for all its ranks.
+    const std::string kind = DeviceKind(job.spec());
+    std::vector<WorkerEntry*> pool;
+    for (WorkerEntry* w : idle) {
+      if (kind.empty() || DeviceKindOf(w->info.device()) == kind) pool.push_back(w);
+    }
+    if (pool.size() < need) {
+      std::string message = absl::StrCat("waiting for ", need, " idle worker", need > 1 ? "s" : "",
+                                         " (", alive, " registered, ", idle.size(), " idle");
+      if (pool.size() < idle.size()) {
+        absl::StrAppend(&message, ", ", pool.size(), " of them ", kind,
+                        ": the config's device asks for ", kind, " workers");
+      }
+      job.set_message(message + ")");
       continue;
     }
     // Gang: every rank now. Idle workers in name order, so placement is
     // reproducible; under tensor parallelism each TP group (tp consecutive
     // ranks) on one host when the idle workers allow it.
-    const std::string placement = PlaceRanks(job.spec(), &idle);
+    const std::string placement = PlaceRanks(job.spec(), &pool);
     job.set_attempt(job.attempt() + 1);
     job.set_state(v1::JOB_STATE_RUNNING);
     if (!job.has_started()) *job.mutable_started() = TimeUtil::GetCurrentTime();
     job.clear_workers();
     for (size_t r = 0; r < need; ++r) {
-      WorkerEntry* w = idle[r];
+      WorkerEntry* w = pool[r];
       job.add_workers(w->info.name());
       w->job_id = job.id();
       w->attempt = job.attempt();
       w->rank = static_cast<int32_t>(r);
       w->started = false;
     }
-    idle.erase(idle.begin(), idle.begin() + static_cast<std::ptrdiff_t>(need));
+    std::erase_if(idle, [](const WorkerEntry* w) { return !w->job_id.empty(); });
     entry->rank_done.assign(need, false);
     Record(entry.get(),
            absl::StrCat(job.attempt() == 1 ? "started" : "restarted", " attempt ", job.attempt(),
@@ -1054,6 +1066,18 @@ void Coordinator::Schedule() {
            true)
         .IgnoreError();
   }
+}
+
+std::string Coordinator::DeviceKindOf(const std::string& device) {
+  return absl::StartsWith(device, "cuda") ? "cuda" : "cpu";
+}
+
+std::string Coordinator::DeviceKind(const v1::JobSpec& spec) const {
+  if (spec.train_config_yaml().empty()) return "";
+  absl::StatusOr<JobConfig> config =
+      ParseJobConfig(spec.train_config_yaml(), "spec.train_config_yaml", paths_.data_dir());
+  // An invalid config is the worker's to report, naming the key.
+  return config.ok() ? DeviceKindOf(config->device) : "";
 }
 
 std::string Coordinator::PlaceRanks(const v1::JobSpec& spec, std::vector<WorkerEntry*>* idle) {

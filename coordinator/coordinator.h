@@ -179,6 +179,10 @@ class Coordinator {
   // under tensor parallelism each TP group on one host when possible.
   // Returns a note for the job's event ("" when there is nothing to say).
   std::string PlaceRanks(const v1::JobSpec& spec, std::vector<WorkerEntry*>* idle);
+  // "cpu" or "cuda": the kind of worker a training job's config asks for
+  // (`device`); "" for other jobs and unparsable configs (any worker).
+  std::string DeviceKind(const v1::JobSpec& spec) const;
+  static std::string DeviceKindOf(const std::string& device);
   void StartIngest(JobEntry* entry);
   void FinishIngest(uint64_t number, int32_t attempt, const absl::Status& status,
                     const std::map<std::string, double>& result);

@@ -82,7 +82,7 @@ class FakeWorker {
   void Register(const std::string& running_job = "", int attempt = 0, int rank = 0) {
     v1::RegisterRequest request;
     request.set_name(name_);
-    request.set_device("cpu");
+    request.set_device(device);
     request.set_host(host);
     request.set_pid(1);
     request.set_running_job_id(running_job);
@@ -124,9 +124,10 @@ class FakeWorker {
   const std::string& name() const { return name_; }
   const std::string& id() const { return id_; }
 
-  double peak_flops = 0;      // Sent by Register.
-  std::string host = "test";  // Sent by Register.
-  v1::Progress progress;      // Sent by RUNNING heartbeats (step, total, loss set on top).
+  double peak_flops = 0;       // Sent by Register.
+  std::string host = "test";   // Sent by Register.
+  std::string device = "cpu";  // Sent by Register.
+  v1::Progress progress;       // Sent by RUNNING heartbeats (step, total, loss set on top).
 
  private:
   v1::WorkerService::Stub* stub_;
@@ -482,6 +483,37 @@ TEST_F(CoordinatorTest, ATensorParallelGroupThatMustSpanHostsStartsAndSaysSo) {
   EXPECT_THAT(running.message(),
               HasSubstr("tensor-parallel groups of 2 span hosts: no placement puts every group "
                         "on one host; idle workers per host: h1: 1, h2: 1"));
+}
+
+// A training job's ranks all run on the kind of device its config names:
+// GPU workers for device: cuda, CPU workers otherwise, never a mix.
+TEST_F(CoordinatorTest, TrainingJobsRunOnWorkersOfTheirConfigsDeviceKind) {
+  FakeWorker cpu(workers_.get(), "a"), gpu0(workers_.get(), "b"), gpu1(workers_.get(), "c");
+  gpu0.device = "cuda:0";
+  gpu1.device = "cuda:1";
+  cpu.Register();
+  gpu0.Register();
+  gpu1.Register();
+  v1::JobSpec cuda_spec = PretrainSpec("gpu-run", 2);
+  cuda_spec.set_train_config_yaml(cuda_spec.train_config_yaml() + "device: cuda\n");
+  v1::JobSpec cpu_spec = PretrainSpec("cpu-run", 2);
+  v1::Job on_cpu = Submit(cpu_spec);
+  cpu.Beat();
+  gpu0.Beat();
+  gpu1.Beat();
+  // The CPU job waits although three workers are idle: only one is a CPU.
+  v1::Job waiting = Get(on_cpu.id());
+  EXPECT_EQ(waiting.state(), v1::JOB_STATE_PENDING);
+  EXPECT_THAT(waiting.message(),
+              HasSubstr("waiting for 2 idle workers (3 registered, 3 idle, 1 of them cpu: the "
+                        "config's device asks for cpu workers)"));
+  // The GPU job takes the two GPU workers; the CPU job keeps waiting.
+  v1::Job on_gpu = Submit(cuda_spec);
+  gpu0.Beat();
+  v1::Job running = Get(on_gpu.id());
+  ASSERT_EQ(running.state(), v1::JOB_STATE_RUNNING);
+  EXPECT_THAT(running.workers(), ::testing::ElementsAre("b", "c"));
+  EXPECT_EQ(Get(on_cpu.id()).state(), v1::JOB_STATE_PENDING);
 }
 
 TEST_F(CoordinatorTest, LostWorkerAbortsTheAttemptOnEveryRankAndTheJobResumes) {
